@@ -21,8 +21,8 @@ from libspec.errors import SpecError
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Human output goes to stdout; progress, warnings and errors to stderr so pipes stay clean.
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Parser(argparse.ArgumentParser):
