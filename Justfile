@@ -12,3 +12,7 @@ default:
 # run the test suite (what CI runs)
 test *ARGS:
     python -m pytest -q {{ARGS}}
+
+# rewrite formats/examples from the current code (after a format change)
+format-examples:
+    python tests/format_examples.py formats/examples

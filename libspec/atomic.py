@@ -9,6 +9,22 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file; mkstemp's 0600 would hide data from colleagues."""
+    return 0o666 & ~_current_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode a plain mkdir() would give a new directory (mkdtemp uses 0700)."""
+    return 0o777 & ~_current_umask()
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (POSIX needs the directory itself synced)."""
     fd = os.open(directory, os.O_RDONLY)
@@ -28,6 +44,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -57,6 +74,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -16,7 +16,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import fsync_dir
+from libspec.atomic import default_dir_mode, fsync_dir
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -93,6 +93,7 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
+        staging.chmod(default_dir_mode())
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

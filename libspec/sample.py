@@ -43,13 +43,14 @@ def make_header(
     storage_dtype: str,
     tool: str,
     metadata: dict | None = None,
+    created_at: str | None = None,
 ) -> dict:
     """A data header for samples captured from `verifier` at `layer_ids`, stored as `storage_dtype`."""
     header = {
         "format": "spec-tools/dataset",
         "format_version": libspec.FORMAT_VERSION,
         "created_by": {"tool": tool, "version": libspec.__version__},
-        "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": created_at or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "verifier": verifier.to_dict(),
         "hidden_states": {
             "layer_ids": list(layer_ids),

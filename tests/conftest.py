@@ -56,3 +56,25 @@ def random_samples(count: int, vocab: int, layers: int, hidden: int, seed: int =
         record = {"id": f"sample-{index}", "input_ids": ids, "loss_mask": mask, "metadata": {"source": "test"}}
         samples.append((record, torch.randn(length, layers, hidden, generator=generator)))
     return samples
+
+
+def vocab_maps(vocab: int, draft_vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A valid (d2t, t2d) pair: d2t is an offset table, t2d marks the chosen verifier ids."""
+    chosen = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:draft_vocab].sort().values
+    t2d = torch.zeros(vocab, dtype=torch.bool)
+    t2d[chosen] = True
+    return chosen - torch.arange(draft_vocab), t2d
+
+
+def random_checkpoint_tensors(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Random weights with exactly the names and shapes a speculator config implies."""
+    from libspec.algorithms import algorithm_for
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, spec in algorithm_for(config["speculators_model_type"]).expected_tensors(config).items():
+        if spec.kind == "float":
+            tensors[name] = (torch.randn(spec.shape, generator=generator) * 0.02).to(dtype)
+    if "d2t" in tensors or config.get("draft_vocab_size") != config["transformer_layer_config"]["vocab_size"]:
+        tensors["d2t"], tensors["t2d"] = vocab_maps(config["transformer_layer_config"]["vocab_size"], config["draft_vocab_size"], seed)
+    return tensors

@@ -1,0 +1,86 @@
+"""Writes formats/examples/: one small, real example of every artifact in SPEC.md.
+
+Run `./just format-examples` after changing the format; tests/test_format_examples.py checks the
+committed examples still validate and are exactly what this script writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import random_checkpoint_tensors, random_samples, write_fake_verifier  # noqa: E402
+
+from libspec import checkpoint as ckpt  # noqa: E402
+from libspec.algorithms import eagle3  # noqa: E402
+from libspec.dataset import DatasetWriter  # noqa: E402
+from libspec.fingerprint import fingerprint_verifier  # noqa: E402
+from libspec.sample import make_header  # noqa: E402
+from libspec.stream import StreamReader, StreamWriter  # noqa: E402
+
+CREATED_AT = "2026-01-01T00:00:00Z"
+EXAMPLE_VERIFIER = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 8,
+    "intermediate_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
+    "head_dim": 4, "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+}  # fmt: skip
+
+
+def example_header(work: Path, dtype: str) -> dict:
+    verifier = fingerprint_verifier(str(write_fake_verifier(work / "verifier", EXAMPLE_VERIFIER)))
+    verifier = type(verifier)(**{**verifier.to_dict(), "name_or_path": "examples/tiny-llama"})
+    return make_header(verifier, [2, 3, 4], dtype, tool="format-examples", metadata={"note": "random values"}, created_at=CREATED_AT)
+
+
+def write_examples(out: Path, work: Path) -> None:
+    """Write every example into `out` (which must not exist yet)."""
+    out.mkdir(parents=True)
+    samples = random_samples(3, vocab=64, layers=3, hidden=8, seed=7, max_len=6)
+    header = example_header(work, "bfloat16")
+    writer = DatasetWriter(out / "dataset", header, shard_bytes=120)
+    for record, hidden in samples:
+        writer.add(record, hidden)
+    writer.close()
+    (out / "record.json").write_text(json.dumps(samples[0][0], indent=2) + "\n")
+    (out / "tensor-shard-metadata.json").write_text(
+        json.dumps({"format": "spec-tools/hidden-states", "format_version": "1", "layer_ids": "[2, 3, 4]", "num_records": "2"}, indent=2) + "\n"
+    )
+    for name, dtype in (("stream.spst", "bfloat16"), ("stream-fp8.spst", "float8_e4m3fn")):
+        with open(out / name, "wb") as handle:
+            stream = StreamWriter(handle, example_header(work, dtype))
+            for record, hidden in samples:
+                stream.add(record, hidden)
+            stream.close()
+    (out / "stream-frames.json").write_text(json.dumps(stream_frames_as_json(out / "stream.spst"), indent=2) + "\n")
+    options = eagle3.Eagle3Options(aux_layer_ids=(2, 3, 4), draft_vocab_size=48)
+    config = eagle3.make_config(EXAMPLE_VERIFIER, "meta-llama/Llama-3.2-1B-Instruct", options)
+    ckpt.write_checkpoint(out / "checkpoint-eagle3", config, random_checkpoint_tensors(config, seed=7))
+
+
+def stream_frames_as_json(path: Path) -> list[dict]:
+    """The frames of a stream shown as JSON (binary fields as hex), for people reading SPEC.md."""
+    data = path.read_bytes()
+    reader = StreamReader(io.BytesIO(data))
+    frames = [{"type": "header", **reader.header}]
+    for sample in reader:
+        raw = sample.hidden.contiguous().view(torch.uint8).numpy().tobytes()
+        frames.append({"type": "sample", "record": sample.record, "hidden": raw[:16].hex() + "...", "scales": None})
+    frames.append(reader.end)
+    return frames
+
+
+if __name__ == "__main__":
+    import shutil
+    import tempfile
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "formats/examples")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_examples(Path(tmp) / "examples", Path(tmp) / "work")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(Path(tmp) / "examples", target)
+    print(target)
