@@ -16,3 +16,7 @@ test *ARGS:
 # rewrite formats/examples from the current code (after a format change)
 format-examples:
     python tests/format_examples.py formats/examples
+
+# the main job, end to end (grows with the pipeline: verifier -> gen-hidden -> train -> bench)
+demo:
+    spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
