@@ -1,0 +1,165 @@
+"""One EAGLE-3 training step: test-time training (TTT) over a packed batch, losses and metrics.
+
+Step s of TTT replays what the draft does at its (s+1)-th drafted token. For draft query j (see
+libspec.packing: hidden state of token i, next token i+1), step s feeds token i+1+s, the hidden
+state the draft produced at step s-1, position i+1+s, and learns the verifier's distribution after
+token i+1+s (the teacher, recomputed from the stored last hidden state). Attention at step s: query
+j sees step 0's keys <= j of its own document and its own slot in steps 1..s, exactly the keys the
+draft has cached when it drafts its (s+1)-th token at inference (the standard EAGLE-3 TTT mask).
+Query j's step-s target lives at j+s, so a step is trained only where j+s is in the same document.
+
+Counts come out raw (sums and totals); rates and the simulated acceptance length are derived from
+them after summing over batches and ranks (`derive_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
+from libspec.packing import PackedBatch
+from libspec.teacher import Teacher
+
+LOSSES = ("kl", "tv", "lk")
+TTT_INPUTS = ("data", "draft")
+
+
+@dataclass(frozen=True)
+class TTTOptions:
+    """How the draft is trained across its drafted positions."""
+
+    steps: int = 3
+    loss: str = "kl"  # kl: forward KL to the teacher; tv: total variation (1 - acceptance); lk: LK hybrid of both
+    step_decay: float = 1.0  # step s weighs step_decay**s
+    inputs: str = "data"  # tokens fed to steps >= 1: the data's (teacher forcing) or the draft's own argmax
+
+
+class Eagle3Objective(nn.Module):
+    """The draft plus its frozen teacher; `forward(batch)` is one training step's loss and counts.
+
+    A module so that DDP/FSDP can wrap the whole TTT unroll as one forward.
+    """
+
+    def __init__(self, draft: Eagle3Draft, teacher: Teacher, draft_to_verifier: torch.Tensor | None, options: TTTOptions):
+        super().__init__()
+        self.draft = draft
+        self.teacher = teacher
+        self.options = options
+        # Verifier ids of the draft vocabulary (None: the full vocabulary, no gather needed).
+        self.register_buffer("draft_to_verifier", draft_to_verifier, persistent=False)
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        options, draft = self.options, self.draft
+        length = batch.num_queries
+        teacher_logits = self.teacher(batch.last_hidden)  # [1, T, V] float32, no grad
+        teacher_argmax = teacher_logits.argmax(-1)  # the verifier's greedy token, over its full vocabulary
+        if self.draft_to_verifier is not None:
+            teacher_logits = teacher_logits[..., self.draft_to_verifier]
+        visible = _same_document_causal(batch.document_ids[0])  # [T, T]
+        diagonal = torch.eye(length, dtype=torch.bool, device=visible.device)
+
+        hidden = draft.project(batch.aux_hidden)
+        tokens = batch.tokens
+        cache = DraftCache.empty(len(draft.layers))
+        chain_alive = batch.loss_mask.clone()  # drafts start only at supervised tokens, as at inference
+        loss = torch.zeros((), device=hidden.device)
+        counts: dict[str, torch.Tensor] = {}
+        for step in range(options.steps):
+            mask = torch.cat([visible] + [diagonal] * step, dim=-1)[None, None]  # [1, 1, T, (step+1)T]
+            logits, hidden = draft(tokens, hidden, batch.positions + step, mask, cache)
+            target_logits = _shift(teacher_logits, step)
+            trained = _shift(batch.loss_mask, step) & _same_document_ahead(batch.document_ids, step)
+
+            step_loss = masked_mean(token_loss(logits, target_logits, options.loss), trained)
+            loss = loss + options.step_decay**step * step_loss
+
+            drafted = draft.to_verifier_ids(logits.argmax(-1))
+            correct = (drafted == _shift(teacher_argmax, step)) & trained
+            chain_alive = chain_alive & trained
+            counts.update(_step_counts(step, step_loss, trained, correct, chain_alive))
+            chain_alive = chain_alive & correct
+
+            if options.inputs == "draft":
+                tokens = drafted
+            else:
+                tokens = _shift(batch.tokens, step + 1)
+        counts["queries"] = torch.tensor(float(length), device=loss.device)
+        return loss, counts
+
+
+def token_loss(draft_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-query loss [.., T] between the draft's and the teacher's distributions over the draft vocabulary."""
+    log_q = F.log_softmax(draft_logits.float(), dim=-1)
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    p = log_p.exp()
+    kl = (p * (log_p - log_q)).sum(-1)
+    if kind == "kl":
+        return kl
+    accept = torch.minimum(p, log_q.exp()).sum(-1)  # sum_v min(p, q): the acceptance rate of sampling
+    if kind == "tv":
+        return 1.0 - accept
+    if kind == "lk":  # Samarin et al. 2026: lean on KL while acceptance is low, on TV once it is high
+        weight = torch.exp(-3.0 * accept.detach())
+        return weight * kl + (1.0 - weight) * (1.0 - accept)
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _shift(values: torch.Tensor, step: int) -> torch.Tensor:
+    """values[:, j + step] at j (zero past the end): the target side of query j at TTT step `step`."""
+    if step == 0:
+        return values
+    pad = torch.zeros_like(values[:, :step])
+    return torch.cat([values[:, step:], pad], dim=1)
+
+
+def _same_document_ahead(document_ids: torch.Tensor, step: int) -> torch.Tensor:
+    """bool [1, T]: query j + step exists and belongs to query j's document."""
+    ahead = _shift(document_ids + 1, step)  # +1 so that the zero padding never matches
+    return ahead == document_ids + 1
+
+
+def _same_document_causal(document_ids: torch.Tensor) -> torch.Tensor:
+    """bool [T, T]: key k is visible to query j when k <= j and both are in the same document."""
+    same = document_ids[:, None] == document_ids[None, :]
+    return same & torch.ones_like(same).tril()
+
+
+def _step_counts(step, step_loss, trained, correct, chain_alive) -> dict[str, torch.Tensor]:
+    trained_count = trained.sum().float()
+    return {
+        f"loss_sum_{step}": step_loss.detach() * trained_count,
+        f"trained_{step}": trained_count,
+        f"correct_{step}": correct.sum().float(),
+        f"chain_total_{step}": chain_alive.sum().float(),
+        f"chain_correct_{step}": (chain_alive & correct).sum().float(),
+    }
+
+
+def derive_metrics(counts: dict[str, float], steps: int, step_decay: float = 1.0) -> dict[str, float]:
+    """Per-step loss, accuracy, conditional accuracy and the simulated acceptance length from raw counts.
+
+    tau_sim = 1 + sum_k prod_{j<=k} cond_acc_j (greedy chain; SpecForge's and NeMo's training proxy).
+    """
+    metrics: dict[str, float] = {}
+    survive, tau = 1.0, 1.0
+    total_loss = 0.0
+    for step in range(steps):
+        trained = counts.get(f"trained_{step}", 0.0)
+        chain_total = counts.get(f"chain_total_{step}", 0.0)
+        metrics[f"loss_{step}"] = counts.get(f"loss_sum_{step}", 0.0) / max(trained, 1.0)
+        metrics[f"acc_{step}"] = counts.get(f"correct_{step}", 0.0) / max(trained, 1.0)
+        metrics[f"cond_acc_{step}"] = counts.get(f"chain_correct_{step}", 0.0) / max(chain_total, 1.0)
+        survive *= metrics[f"cond_acc_{step}"]
+        tau += survive
+        total_loss += step_decay**step * metrics[f"loss_{step}"]
+    metrics["loss"] = total_loss  # what the optimizer sees: the decay-weighted sum over steps
+    metrics["tau_sim"] = tau
+    return metrics
