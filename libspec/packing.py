@@ -48,8 +48,11 @@ def num_queries(num_tokens: int, max_queries: int) -> int:
     return min(max(num_tokens - 1, 0), max_queries)
 
 
+PACKING_WINDOW = 64  # bounds first-fit's search so planning stays linear in the number of samples
+
+
 def plan_epoch(query_counts: Sequence[int], max_queries: int, seed: int, epoch: int) -> list[list[int]]:
-    """Sample indices per batch for one epoch: shuffled, first-fit packed, batches shuffled again.
+    """Sample indices per batch for one epoch: shuffled, first-fit packed (over recent batches), batches shuffled again.
 
     Samples with no query are left out. Deterministic in (counts, budget, seed, epoch).
     """
@@ -57,17 +60,21 @@ def plan_epoch(query_counts: Sequence[int], max_queries: int, seed: int, epoch: 
     order = torch.randperm(len(query_counts), generator=generator).tolist()
     bins: list[list[int]] = []
     free: list[int] = []
+    recent: list[int] = []  # bins with room left, most recent last; first fit looks at the last PACKING_WINDOW
     for index in order:
         size = min(query_counts[index], max_queries)
         if size <= 0:
             continue
-        slot = next((b for b, room in enumerate(free) if room >= size), None)
+        slot = next((b for b in recent[-PACKING_WINDOW:] if free[b] >= size), None)
         if slot is None:
-            bins.append([index])
-            free.append(max_queries - size)
-        else:
-            bins[slot].append(index)
-            free[slot] -= size
+            slot = len(bins)
+            bins.append([])
+            free.append(max_queries)
+            recent.append(slot)
+        bins[slot].append(index)
+        free[slot] -= size
+        if free[slot] == 0:
+            recent.remove(slot)
     # First-fit fills early bins first; shuffling bins keeps full and partial batches interleaved.
     return [bins[b] for b in torch.randperm(len(bins), generator=generator).tolist()]
 

@@ -263,9 +263,9 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     draft = build_draft(run)
     objective = Eagle3Objective(draft, run.head.teacher, None if run.vocab.is_full else run.vocab.draft_to_verifier, config.ttt())
     objective.to(topology.device)
-    trainable = [p for p in draft.parameters() if p.requires_grad]
+    wrapped = distributed.wrap(objective, topology, config.fsdp, shard_units=_fsdp_units(draft))
+    trainable = [p for p in draft.parameters() if p.requires_grad]  # after wrapping: FSDP swaps in sharded parameters
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    wrapped = distributed.wrap(objective, topology, config.fsdp, shard_units=list(draft.layers))
 
     progress = Progress()
     state_path = out / "state" / STATE_FILE
@@ -278,6 +278,8 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     training = set(run.train_indices)
     train_counts = [count if i in training else 0 for i, count in enumerate(query_counts)]
     batches_per_step = topology.world_size * config.grad_accum
+    # Packing differs a little between epochs (shuffled first-fit), so epochs differ by a step or
+    # two; the schedule's length is estimated from epoch 0 and the schedule stays at its end value past it.
     steps_per_epoch = len(plan_epoch(train_counts, config.tokens_per_batch, config.seed, 0)) // batches_per_step
     if steps_per_epoch == 0:
         raise SpecError(
@@ -297,9 +299,11 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     autocast = _autocast(config, topology.device)
     checkpoints: list[str] = []
     last_metrics: dict = {}
-    while progress.step < total_steps and progress.epoch < config.epochs:
+    max_steps = config.max_steps if config.max_steps is not None else math.inf
+    while progress.step < max_steps and progress.epoch < config.epochs:
         plan = plan_epoch(train_counts, config.tokens_per_batch, config.seed, progress.epoch)
-        while progress.batch < steps_per_epoch and progress.step < total_steps:
+        epoch_steps = len(plan) // batches_per_step
+        while progress.batch < epoch_steps and progress.step < max_steps:
             started = time.perf_counter()
             objective.train()
             counts: dict[str, float] = {}
@@ -330,9 +334,9 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
             }  # fmt: skip
             _log_metrics(out, last_metrics, topology)
             emit("step", last_metrics)
-            if config.save_every and progress.step % config.save_every == 0 and progress.batch < steps_per_epoch:
+            if config.save_every and progress.step % config.save_every == 0 and progress.batch < epoch_steps:
                 checkpoints.append(_save(run, objective, wrapped, optimizer, progress, f"checkpoint-step-{progress.step}", None, emit))
-        epoch_done = progress.batch >= steps_per_epoch
+        epoch_done = progress.batch >= epoch_steps
         name = f"checkpoint-epoch-{progress.epoch}" if epoch_done else f"checkpoint-step-{progress.step}"
         validation = _validate(run, objective, wrapped, autocast, progress)
         _log_metrics(out, validation, topology)
@@ -349,10 +353,24 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     return result
 
 
+def _fsdp_units(draft: Eagle3Draft) -> list[nn.Module]:
+    """The draft's big blocks, sharded (and gathered) one at a time; the rest shards with the root.
+
+    Units take plain tensors only: FSDP2 copies dataclass arguments of a unit's forward, so a
+    decoder layer (which receives its KV cache) cannot be a unit without losing cache appends.
+    """
+    units: list[nn.Module] = []
+    for layer in draft.layers:
+        attention = layer.self_attn
+        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
+    return units
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Learning-rate multiplier at optimizer step `step` (0-based): linear warmup, then the schedule to 0."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    step = min(step, total_steps)
     if schedule == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
