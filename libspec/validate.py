@@ -229,6 +229,8 @@ def _check_checkpoint(report: Report) -> None:
     _check_weight_names_and_shapes(report, config, algorithm.expected_tensors(config), headers)
     if not report.problems:
         _check_weight_values(report, config, algorithm)
+    if not report.problems:
+        _check_upstream_loads(report)
     tl = config["transformer_layer_config"]
     report.facts.update(
         {
@@ -245,6 +247,19 @@ def _check_checkpoint(report: Report) -> None:
             "parameters": sum(_numel(shape) for _, shape in headers.values()),
         }
     )
+
+
+def _check_upstream_loads(report: Report) -> None:
+    """When upstream speculators is installed (`pip install .[interop]`), it must load the folder."""
+    from libspec.upstream import upstream_load_problems, upstream_version
+
+    version = upstream_version()
+    if version is None:
+        report.facts["upstream_speculators"] = "not installed: load check skipped (pip install .[interop])"
+        return
+    problems, note = upstream_load_problems(report.path)
+    report.problems.extend(problems)
+    report.facts["upstream_speculators"] = f"{version}: {note}"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -89,3 +89,26 @@ def pattern_records(count: int, vocab: int, seed: int = 0, min_len: int = 12, ma
         mask = [0] * prompt + [1] * (length - prompt)
         records.append({"id": f"r{index}", "input_ids": ids, "loss_mask": mask})
     return records
+
+
+@torch.no_grad()
+def greedy_records(model, count: int, prompt_len: int = 4, new_tokens: int = 28, seed: int = 0) -> list[dict]:
+    """Records whose replies are the verifier's own greedy continuations of random prompts (regenerated data)."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    records = []
+    for index in range(count):
+        ids = torch.randint(0, vocab, (prompt_len,), generator=generator).tolist()
+        for _ in range(new_tokens):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        records.append({"id": f"g{seed}-{index}", "input_ids": ids, "loss_mask": [0] * prompt_len + [1] * new_tokens})
+    return records
+
+
+def greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """Plain greedy decoding, one full forward per token: the reference speculative decoding must equal."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]

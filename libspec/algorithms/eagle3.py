@@ -179,9 +179,25 @@ def config_problems(config: dict) -> list[str]:
     vocab, draft_vocab = tl.get("vocab_size"), config.get("draft_vocab_size")
     if isinstance(vocab, int) and isinstance(draft_vocab, int) and draft_vocab > vocab:
         problems.append(f"draft_vocab_size {draft_vocab} exceeds the vocabulary size {vocab}")
+    problems.extend(_recorded_layer_problems(config, aux))
     target = config.get("target_hidden_size")
     if target is not None and target != tl.get("hidden_size"):
         problems.append(f"target_hidden_size {target} differs from hidden_size {tl.get('hidden_size')}: the draft reuses the verifier's embedding, so they must match")
+    return problems
+
+
+def _recorded_layer_problems(config: dict, aux: list) -> list[str]:
+    """Aux ids against what spec-train recorded: the verifier's depth and the layers the data captured."""
+    recorded = config.get("spec_tools") or {}
+    depth = (recorded.get("verifier") or {}).get("num_hidden_layers")
+    captured = (recorded.get("dataset") or {}).get("layer_ids")
+    problems = []
+    if isinstance(depth, int) and any(not 0 <= i <= depth for i in aux):
+        problems.append(f"eagle_aux_hidden_state_layer_ids {aux} must lie in [0, {depth}] (the verifier's num_hidden_layers)")
+    if isinstance(captured, list):
+        missing = [i for i in aux if i not in captured]
+        if missing:
+            problems.append(f"eagle_aux_hidden_state_layer_ids {aux}: {missing} not among the layers the training data captured {captured}")
     return problems
 
 
