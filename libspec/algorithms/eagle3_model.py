@@ -235,3 +235,70 @@ class Eagle3Draft(nn.Module):
         if missing or unexpected:
             raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, strict=False)
+
+
+class Eagle3Proposer:
+    """EAGLE-3 drafting as vLLM does it: catch up on verified positions, then k-1 chained steps."""
+
+    def __init__(self, draft: Eagle3Draft, aux_layer_ids: list[int]):
+        self.draft = draft.eval()
+        self.aux_layer_ids = list(aux_layer_ids)
+        self.device = next(draft.parameters()).device
+        self.vocab_size = draft.embed_tokens.num_embeddings
+
+    def start(self, context: torch.Tensor, aux: torch.Tensor | None) -> None:
+        self.cache = DraftCache.empty(len(self.draft.layers))
+        # Slot p holds (token p+1, verifier state at p), so the prompt's P slots are context[1:] and aux.
+        self._catch_up(context[1:], aux)
+
+    @torch.no_grad()
+    def _catch_up(self, next_tokens: torch.Tensor, aux: torch.Tensor) -> None:
+        start = self.cache.length
+        positions = torch.arange(start, start + len(next_tokens), device=self.device)[None]
+        hidden = self.draft.project(aux.to(self.draft.fc.weight.dtype))[None]
+        logits, out = self.draft(next_tokens[None], hidden, positions, cache=self.cache)
+        self.committed = self.cache.length
+        self.next_logits, self.next_hidden = logits[0, -1], out[:, -1:]
+
+    @torch.no_grad()
+    def propose(self, k, temperature, generator):
+        tokens, probs = [], []
+        logits, hidden = self.next_logits, self.next_hidden
+        for step in range(k):
+            token, token_probs = self._pick(logits, temperature, generator)
+            tokens.append(token)
+            probs.append(token_probs)
+            if step + 1 < k:
+                position = torch.tensor([[self.cache.length]], device=self.device)
+                step_logits, hidden = self.draft(token.view(1, 1), hidden, position, cache=self.cache)
+                logits = step_logits[0, -1]
+        return torch.stack(tokens), None if temperature == 0 else torch.stack(probs)
+
+    def _pick(self, draft_logits: torch.Tensor, temperature: float, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if temperature == 0:
+            return self.draft.to_verifier_ids(draft_logits.argmax()), None
+        probs = torch.zeros(self.vocab_size, device=draft_logits.device)
+        targets = self.draft.to_verifier_ids(torch.arange(len(draft_logits), device=draft_logits.device))
+        probs[targets] = torch.softmax(draft_logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[0], probs
+
+    def commit(self, accepted: torch.Tensor, aux: torch.Tensor | None) -> None:
+        # Drafting wrote slots from the draft's own states; recompute them from the verifier's.
+        self.cache.crop(self.committed)
+        self._catch_up(accepted, aux)
+
+
+def load_proposer(checkpoint_dir, verifier_model, dtype: torch.dtype | None = None) -> Eagle3Proposer:
+    """An EAGLE-3 proposer from a checkpoint folder, on the verifier's device; a checkpoint
+    without embed_tokens shares the verifier's embedding (as vLLM does)."""
+    from libspec import checkpoint as ckpt
+
+    config = ckpt.read_config(checkpoint_dir)
+    draft = Eagle3Draft(config)
+    tensors = ckpt.load_tensors(checkpoint_dir)
+    if "embed_tokens.weight" not in tensors:
+        tensors["embed_tokens.weight"] = verifier_model.get_input_embeddings().weight.detach().cpu()
+    draft.load_checkpoint_tensors(tensors)
+    parameter = next(verifier_model.parameters())
+    draft.to(device=parameter.device, dtype=dtype or parameter.dtype)
+    return Eagle3Proposer(draft, config["eagle_aux_hidden_state_layer_ids"])
