@@ -27,7 +27,7 @@ class PackedBatch:
     aux_hidden: torch.Tensor  # float [1, T, A*H]: aux layers at token i, ascending layer id
     last_hidden: torch.Tensor  # float [1, T, H]: layer n at token i+1, the teacher's input
     loss_mask: torch.Tensor  # bool [1, T]: loss_mask of token i+1
-    positions: torch.Tensor  # int64 [1, T]: i+1, the position of tokens
+    positions: torch.Tensor  # int64 [1, T]: i, the position of the hidden state (vLLM's convention; RoPE is relative)
     document_ids: torch.Tensor  # int64 [1, T]: which sample of the batch each query belongs to
 
     @property
@@ -101,7 +101,7 @@ def build_batch(
         parts["aux_hidden"].append(hidden[:-1, list(aux_index)].flatten(1))  # [count, A*H], ascending ids
         parts["last_hidden"].append(hidden[1:, last_index])
         parts["loss_mask"].append(mask[1:])
-        parts["positions"].append(torch.arange(1, count + 1))
+        parts["positions"].append(torch.arange(count))
         parts["document_ids"].append(torch.full((count,), document, dtype=torch.int64))
     return PackedBatch(**{name: torch.cat(chunks).unsqueeze(0) for name, chunks in parts.items()})
 

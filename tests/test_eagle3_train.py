@@ -72,13 +72,13 @@ def test_ttt_step_equals_drafting_with_a_cache(changes):
             cache = DraftCache.empty(len(draft.layers))
             with torch.no_grad():
                 # the queries 0..j enter the cache with the verifier's states, as after a verification
-                logits, out = draft(torch.tensor([ids[1 : j + 2]]), draft.project(aux[None, : j + 1]), torch.arange(1, j + 2)[None], cache=cache)
+                logits, out = draft(torch.tensor([ids[1 : j + 2]]), draft.project(aux[None, : j + 1]), torch.arange(0, j + 1)[None], cache=cache)
                 for step in range(steps):
                     if j + step >= queries:
                         break
                     torch.testing.assert_close(logits[0, -1], step_logits[step][offset + j], rtol=1e-4, atol=1e-4)
                     if j + step + 2 < len(ids):  # teacher forcing: the data's next token
-                        logits, out = draft(torch.tensor([[ids[j + step + 2]]]), out[:, -1:], torch.tensor([[j + step + 2]]), cache=cache)
+                        logits, out = draft(torch.tensor([[ids[j + step + 2]]]), out[:, -1:], torch.tensor([[j + step + 1]]), cache=cache)
         offset += queries
 
 

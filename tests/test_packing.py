@@ -35,7 +35,7 @@ def test_batch_aligns_hidden_state_i_with_token_i_plus_1():
     second = {"id": "b", "input_ids": [20, 21, 22], "loss_mask": [1, 1, 1]}
     batch = build_batch([(first, hidden), (second, hidden[:3])], [0, 1], 2, max_queries=64)
     assert batch.tokens.tolist() == [[11, 12, 13, 14, 15, 21, 22]]
-    assert batch.positions.tolist() == [[1, 2, 3, 4, 5, 1, 2]]
+    assert batch.positions.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
     assert batch.document_ids.tolist() == [[0, 0, 0, 0, 0, 1, 1]]
     assert batch.loss_mask.tolist() == [[False, True, True, True, True, True, True]]
     torch.testing.assert_close(batch.aux_hidden[0, 0], hidden[0, :2].flatten())  # aux of token 0, layers in order

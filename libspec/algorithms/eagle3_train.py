@@ -2,7 +2,7 @@
 
 Step s of TTT replays what the draft does at its (s+1)-th drafted token. For draft query j (see
 libspec.packing: hidden state of token i, next token i+1), step s feeds token i+1+s, the hidden
-state the draft produced at step s-1, position i+1+s, and learns the verifier's distribution after
+state the draft produced at step s-1, position i+s (vLLM's), and learns the verifier's distribution after
 token i+1+s (the teacher, recomputed from the stored last hidden state). Attention at step s: query
 j sees step 0's keys <= j of its own document and its own slot in steps 1..s, exactly the keys the
 draft has cached when it drafts its (s+1)-th token at inference (the standard EAGLE-3 TTT mask).
