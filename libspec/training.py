@@ -274,9 +274,7 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     elif topology.is_main:
         _truncate_metrics(out / METRICS_FILE, 0)
 
-    query_counts = [num_queries(len(r["input_ids"]), config.tokens_per_batch) for r in run.table.records]
-    training = set(run.train_indices)
-    train_counts = [count if i in training else 0 for i, count in enumerate(query_counts)]
+    train_counts = train_query_counts(run)
     batches_per_step = topology.world_size * config.grad_accum
     # Packing differs a little between epochs (shuffled first-fit), so epochs differ by a step or
     # two; the schedule's length is estimated from epoch 0 and the schedule stays at its end value past it.
@@ -301,7 +299,7 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     last_metrics: dict = {}
     max_steps = config.max_steps if config.max_steps is not None else math.inf
     while progress.step < max_steps and progress.epoch < config.epochs:
-        plan = plan_epoch(train_counts, config.tokens_per_batch, config.seed, progress.epoch)
+        plan = epoch_plan(run, train_counts, progress.epoch)
         epoch_steps = len(plan) // batches_per_step
         while progress.batch < epoch_steps and progress.step < max_steps:
             started = time.perf_counter()
@@ -309,7 +307,7 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
             counts: dict[str, float] = {}
             for micro in range(config.grad_accum):
                 index = (progress.batch * config.grad_accum + micro) * topology.world_size + topology.rank
-                batch = _load_batch(run, plan[index]).to(topology.device)
+                batch = load_batch(run, plan[index]).to(topology.device)
                 sync = micro == config.grad_accum - 1
                 with (nullcontext() if sync or not hasattr(wrapped, "no_sync") else wrapped.no_sync()), autocast:
                     loss, micro_counts = wrapped(batch)
@@ -388,7 +386,25 @@ def _autocast(config: TrainConfig, device: torch.device):
     return nullcontext()
 
 
-def _load_batch(run: Run, indices: list[int]) -> PackedBatch:
+def train_query_counts(run: Run) -> list[int]:
+    """Draft queries per record; 0 (never planned) for held-out records and records with nothing to learn."""
+    training = set(run.train_indices)
+    return [_useful_queries(r, run.config.tokens_per_batch) if i in training else 0 for i, r in enumerate(run.table.records)]
+
+
+def _useful_queries(record: dict, max_queries: int) -> int:
+    """Queries of a record, or 0 when none of them is supervised (e.g. a prompt longer than the batch)."""
+    count = num_queries(len(record["input_ids"]), max_queries)
+    return count if any(record["loss_mask"][1 : count + 1]) else 0
+
+
+def epoch_plan(run: Run, train_counts: list[int], epoch: int) -> list[list[int]]:
+    """Record indices per batch of `epoch`, in training order (micro-batch m of step s on rank r is (s*K + m)*W + r)."""
+    return plan_epoch(train_counts, run.config.tokens_per_batch, run.config.seed, epoch)
+
+
+def load_batch(run: Run, indices: list[int]) -> PackedBatch:
+    """Read and pack the records `indices` (their aux layers and layer n) into one batch."""
     layers, last = run.layer_columns
     picked = [*layers, last]
     samples = [(run.table.records[i], run.table.hidden(i, picked)) for i in indices]
@@ -419,7 +435,7 @@ def _validate(run: Run, objective: Eagle3Objective, wrapped: nn.Module, autocast
         objective.eval()
         for index in range(rank, len(plan), ranks):
             with autocast:
-                _, batch_counts = model(_load_batch(run, plan[index]).to(topology.device))
+                _, batch_counts = model(load_batch(run, plan[index]).to(topology.device))
             _add_counts(counts, batch_counts)
         objective.train()
         counts.setdefault("queries", 0.0)

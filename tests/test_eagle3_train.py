@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_LLAMA
 from libspec.algorithms import eagle3
 from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
-from libspec.algorithms.eagle3_train import Eagle3Objective, TTTOptions, derive_metrics, token_loss
+from libspec.algorithms.eagle3_train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
 from libspec.packing import build_batch
 from libspec.teacher import Teacher, find_final_norm
 from torch import nn
@@ -45,8 +45,16 @@ def documents(lengths, seed=2):
 
 
 def record_draft_calls(draft):
+    """Per draft call: (args, logits by query index, the hidden state fed back)."""
     calls = []
-    handle = draft.register_forward_hook(lambda module, args, output: calls.append((args, output)))
+
+    def hook(module, args, kwargs, output):
+        logits, hidden = output
+        rows = kwargs.get("logits_at")
+        by_query = dict(zip(rows.tolist(), logits)) if rows is not None else dict(enumerate(logits[0]))
+        calls.append((args, by_query, hidden))
+
+    handle = draft.register_forward_hook(hook, with_kwargs=True)
     return calls, handle
 
 
@@ -61,7 +69,7 @@ def test_ttt_step_equals_drafting_with_a_cache(changes):
     with torch.no_grad():
         objective(batch)
     handle.remove()
-    step_logits = [output[0][0] for _, output in calls]  # per step: [T, V]
+    step_logits = [by_query for _, by_query, _ in calls]  # per step: query index -> logits
 
     offset = 0
     for record, hidden in samples:
@@ -91,9 +99,9 @@ def test_self_fed_steps_read_the_drafts_own_tokens():
         objective(batch)
     handle.remove()
     for step in (1, 2):
-        fed = calls[step][0][0]
-        previous_argmax = calls[step - 1][1][0].argmax(-1)
-        assert torch.equal(fed, previous_argmax)
+        fed = calls[step][0][0][0]
+        for query, logits in calls[step - 1][1].items():
+            assert fed[query] == logits.argmax()
     assert torch.equal(calls[0][0][0], batch.tokens)
 
 
@@ -136,15 +144,16 @@ def test_reduced_vocabulary_scores_the_verifiers_full_argmax():
 
 def test_losses():
     p_logits = torch.randn(5, 7)
-    assert torch.allclose(token_loss(p_logits, p_logits, "kl"), torch.zeros(5), atol=1e-6)
-    assert torch.allclose(token_loss(p_logits, p_logits, "tv"), torch.zeros(5), atol=1e-6)
+    log_p = TeacherTargets.from_logits(p_logits)
+    assert torch.allclose(token_loss(p_logits, log_p, "kl"), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(token_loss(p_logits, log_p, "tv"), torch.zeros(5), atol=1e-6)
     q_logits = torch.randn(5, 7)
     p, q = p_logits.softmax(-1), q_logits.softmax(-1)
-    assert torch.allclose(token_loss(q_logits, p_logits, "tv"), 0.5 * (p - q).abs().sum(-1), atol=1e-6)
+    assert torch.allclose(token_loss(q_logits, log_p, "tv"), 0.5 * (p - q).abs().sum(-1), atol=1e-6)
     kl = (p * (p.log() - q.log())).sum(-1)
-    assert torch.allclose(token_loss(q_logits, p_logits, "kl"), kl, atol=1e-5)
-    lk = token_loss(q_logits, p_logits, "lk")
-    tv = token_loss(q_logits, p_logits, "tv")
+    assert torch.allclose(token_loss(q_logits, log_p, "kl"), kl, atol=1e-5)
+    lk = token_loss(q_logits, log_p, "lk")
+    tv = token_loss(q_logits, log_p, "tv")
     assert bool(((lk >= torch.minimum(kl, tv) - 1e-6) & (lk <= torch.maximum(kl, tv) + 1e-6)).all())
 
 
@@ -156,7 +165,7 @@ def test_losses_train_the_draft_toward_the_teacher():
         optimizer = torch.optim.SGD([logits], lr=1.0)
         for _ in range(300):
             optimizer.zero_grad()
-            token_loss(logits, target, kind).sum().backward()
+            token_loss(logits, TeacherTargets.from_logits(target), kind).sum().backward()
             optimizer.step()
         assert torch.equal(logits.argmax(-1), target.argmax(-1)), kind
 

@@ -86,6 +86,51 @@ def causal_mask(length: int, cached: int, device: torch.device | str = "cpu") ->
     return torch.ones(length, cached + length, dtype=torch.bool, device=device).tril(diagonal=cached)
 
 
+@dataclass(frozen=True)
+class DocumentSpans:
+    """The test-time-training mask over packed documents, as spans instead of a dense [T, steps*T] mask.
+
+    The cache holds one block of T keys per TTT step. Query j (in document [start, end)) sees the
+    first block's keys start..j and its own slot j in every later block: the standard EAGLE-3 TTT
+    mask. Attending document by document costs sum(L^2) instead of T^2 per block.
+    """
+
+    bounds: tuple[tuple[int, int], ...]  # [start, end) of each document, covering 0..T in order
+
+    @classmethod
+    def from_document_ids(cls, document_ids: torch.Tensor) -> "DocumentSpans":
+        """Spans of equal consecutive ids in a [T] tensor."""
+        change = (document_ids[1:] != document_ids[:-1]).nonzero().squeeze(1) + 1
+        edges = [0, *change.tolist(), len(document_ids)]
+        return cls(tuple(zip(edges[:-1], edges[1:])))
+
+    def dense(self, length: int, blocks: int, device=None) -> torch.Tensor:
+        """The same mask as one bool [T, blocks*T] tensor (for checks)."""
+        mask = torch.zeros(length, blocks * length, dtype=torch.bool, device=device)
+        for start, end in self.bounds:
+            mask[start:end, start:end] = causal_mask(end - start, 0, device)
+        eye = torch.eye(length, dtype=torch.bool, device=device)
+        for block in range(1, blocks):
+            mask[:, block * length : (block + 1) * length] = eye
+        return mask
+
+
+def _attend_by_document(q, k, v, spans: DocumentSpans, enable_gqa: bool) -> torch.Tensor:
+    """Attention of q [B, h, T, d] over cached keys [B, kv, blocks*T, d] under a DocumentSpans mask."""
+    length = q.shape[2]
+    blocks = k.shape[2] // length
+    outputs, masks = [], {}
+    for start, end in spans.bounds:
+        size = end - start
+        if size not in masks:
+            eye = torch.eye(size, dtype=torch.bool, device=q.device)
+            masks[size] = torch.cat([causal_mask(size, 0, q.device)] + [eye] * (blocks - 1), dim=-1)
+        keys = torch.cat([k[:, :, b * length + start : b * length + end] for b in range(blocks)], dim=2)
+        values = torch.cat([v[:, :, b * length + start : b * length + end] for b in range(blocks)], dim=2)
+        outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], keys, values, attn_mask=masks[size], enable_gqa=enable_gqa))
+    return torch.cat(outputs, dim=2)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat([-second, first], dim=-1)
@@ -120,7 +165,10 @@ class Attention(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.append(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+        if isinstance(mask, DocumentSpans):
+            out = _attend_by_document(q, k, v, mask, enable_gqa=self.kv_heads != self.heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
 
 
@@ -206,10 +254,11 @@ class Eagle3Draft(nn.Module):
         input_ids: torch.Tensor,  # [B, T]
         hidden: torch.Tensor,  # [B, T, H]: project(aux) on the first step, the previous step's output after
         positions: torch.Tensor,  # [B, T]
-        mask: torch.Tensor | None = None,  # bool [B or 1, 1, T, cached + T]; None = causal
+        mask: torch.Tensor | DocumentSpans | None = None,  # bool [B or 1, 1, T, cached + T]; None = causal
         cache: DraftCache | None = None,
+        logits_at: torch.Tensor | None = None,  # int64 [N]: only these positions of row 0 need logits (training)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits over the draft vocabulary [B, T, D] and the hidden state to feed back [B, T, H]."""
+        """Logits over the draft vocabulary [B, T, D] (or [N, D] with logits_at) and the hidden state to feed back [B, T, H]."""
         embeds = self.embed_tokens(input_ids).to(hidden.dtype)
         cos, sin = self.rotary(hidden, positions)
         if mask is None and input_ids.shape[1] > 1:
@@ -217,7 +266,10 @@ class Eagle3Draft(nn.Module):
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, embeds, cos, sin, mask, None if cache is None else cache.layers[index])
         normed = self.norm(hidden)
-        return self.lm_head(normed), normed if self.norm_output else hidden
+        feed_back = normed if self.norm_output else hidden
+        if logits_at is not None:  # the vocabulary projection is the costliest op; skip rows nobody reads
+            return self.lm_head(normed[0, logits_at]), feed_back
+        return self.lm_head(normed), feed_back
 
     def to_verifier_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary ids to verifier ids (target = draft + d2t[draft])."""

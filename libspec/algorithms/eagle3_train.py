@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3_model import DocumentSpans, DraftCache, Eagle3Draft
 from libspec.packing import PackedBatch
 from libspec.teacher import Teacher
 
@@ -55,61 +55,83 @@ class Eagle3Objective(nn.Module):
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         options, draft = self.options, self.draft
         length = batch.num_queries
-        teacher_logits = self.teacher(batch.last_hidden)  # [1, T, V] float32, no grad
-        teacher_argmax = teacher_logits.argmax(-1)  # the verifier's greedy token, over its full vocabulary
+        # Which queries each step trains: target j+s supervised and in j's document.
+        trained = [_shift(batch.loss_mask, step)[0] & _same_document_ahead(batch.document_ids, step)[0] for step in range(options.steps)]
+        # The teacher at supervised positions only (targets of trained queries are supervised by definition).
+        targets = batch.loss_mask[0].nonzero().squeeze(1)
+        teacher_logits = self.teacher(batch.last_hidden[0, targets])  # [N, V] float32, no grad
+        teacher_argmax = teacher_logits.max(-1).indices  # the verifier's greedy token, over its full vocabulary
         if self.draft_to_verifier is not None:
-            teacher_logits = teacher_logits[..., self.draft_to_verifier]
-        visible = _same_document_causal(batch.document_ids[0])  # [T, T]
-        diagonal = torch.eye(length, dtype=torch.bool, device=visible.device)
+            teacher_logits = teacher_logits[:, self.draft_to_verifier]
+        teacher = TeacherTargets.from_logits(teacher_logits)
+        target_row = torch.full((length,), -1, dtype=torch.int64, device=targets.device)
+        target_row[targets] = torch.arange(len(targets), device=targets.device)
+        mask = DocumentSpans.from_document_ids(batch.document_ids[0])  # the TTT mask, document by document
 
         hidden = draft.project(batch.aux_hidden)
         tokens = batch.tokens
         cache = DraftCache.empty(len(draft.layers))
-        chain_alive = batch.loss_mask.clone()  # drafts start only at supervised tokens, as at inference
+        chain_alive = batch.loss_mask[0].clone()  # drafts start only at supervised tokens, as at inference
         loss = torch.zeros((), device=hidden.device)
         counts: dict[str, torch.Tensor] = {}
         for step in range(options.steps):
-            mask = torch.cat([visible] + [diagonal] * step, dim=-1)[None, None]  # [1, 1, T, (step+1)T]
-            logits, hidden = draft(tokens, hidden, batch.positions + step, mask, cache)
-            target_logits = _shift(teacher_logits, step)
-            trained = _shift(batch.loss_mask, step) & _same_document_ahead(batch.document_ids, step)
+            # Logits are needed where this step trains, and for self-fed steps wherever a later step trains.
+            later = torch.stack(trained[step:]).any(0) if options.inputs == "draft" else trained[step]
+            rows = later.nonzero().squeeze(1)
+            logits, hidden = draft(tokens, hidden, batch.positions + step, mask, cache, logits_at=rows)  # logits [R, D]
 
-            step_loss = masked_mean(token_loss(logits, target_logits, options.loss), trained)
+            scored = trained[step][rows]  # which of the computed rows this step trains (all, unless self-fed)
+            teacher_rows = target_row[rows[scored] + step]
+            step_logits = logits if options.inputs == "data" else logits[scored]
+            step_loss = token_loss(step_logits, teacher.select(teacher_rows), options.loss).sum() / max(len(teacher_rows), 1)
             loss = loss + options.step_decay**step * step_loss
 
-            drafted = draft.to_verifier_ids(logits.argmax(-1))
-            correct = (drafted == _shift(teacher_argmax, step)) & trained
-            chain_alive = chain_alive & trained
-            counts.update(_step_counts(step, step_loss, trained, correct, chain_alive))
+            drafted = draft.to_verifier_ids(logits.max(-1).indices)  # [R] verifier ids
+            correct = torch.zeros(length, dtype=torch.bool, device=rows.device)
+            correct[rows[scored]] = drafted[scored] == teacher_argmax[teacher_rows]
+            chain_alive = chain_alive & trained[step]
+            counts.update(_step_counts(step, step_loss, trained[step], correct, chain_alive))
             chain_alive = chain_alive & correct
 
             if options.inputs == "draft":
-                tokens = drafted
+                tokens = torch.zeros_like(batch.tokens)
+                tokens[0, rows] = drafted
             else:
                 tokens = _shift(batch.tokens, step + 1)
         counts["queries"] = torch.tensor(float(length), device=loss.device)
         return loss, counts
 
 
-def token_loss(draft_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-query loss [.., T] between the draft's and the teacher's distributions over the draft vocabulary."""
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The teacher's distribution per target row: probabilities and sum(p log p), computed once per batch."""
+
+    probs: torch.Tensor  # [N, D]
+    neg_entropy: torch.Tensor  # [N]
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> "TeacherTargets":
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        probs = log_probs.exp()
+        return cls(probs, (probs * log_probs).sum(-1))
+
+    def select(self, rows: torch.Tensor) -> "TeacherTargets":
+        return TeacherTargets(self.probs[rows], self.neg_entropy[rows])
+
+
+def token_loss(draft_logits: torch.Tensor, teacher: TeacherTargets, kind: str) -> torch.Tensor:
+    """Per-row loss [N] between the draft's distribution q and the teacher's p over the draft vocabulary."""
     log_q = F.log_softmax(draft_logits.float(), dim=-1)
-    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
-    p = log_p.exp()
-    kl = (p * (log_p - log_q)).sum(-1)
+    kl = teacher.neg_entropy - (teacher.probs * log_q).sum(-1)  # sum p (log p - log q)
     if kind == "kl":
         return kl
-    accept = torch.minimum(p, log_q.exp()).sum(-1)  # sum_v min(p, q): the acceptance rate of sampling
+    accept = torch.minimum(teacher.probs, log_q.exp()).sum(-1)  # sum_v min(p, q): the acceptance rate of sampling
     if kind == "tv":
         return 1.0 - accept
     if kind == "lk":  # Samarin et al. 2026: lean on KL while acceptance is low, on TV once it is high
         weight = torch.exp(-3.0 * accept.detach())
         return weight * kl + (1.0 - weight) * (1.0 - accept)
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def _shift(values: torch.Tensor, step: int) -> torch.Tensor:
@@ -124,12 +146,6 @@ def _same_document_ahead(document_ids: torch.Tensor, step: int) -> torch.Tensor:
     """bool [1, T]: query j + step exists and belongs to query j's document."""
     ahead = _shift(document_ids + 1, step)  # +1 so that the zero padding never matches
     return ahead == document_ids + 1
-
-
-def _same_document_causal(document_ids: torch.Tensor) -> torch.Tensor:
-    """bool [T, T]: key k is visible to query j when k <= j and both are in the same document."""
-    same = document_ids[:, None] == document_ids[None, :]
-    return same & torch.ones_like(same).tril()
 
 
 def _step_counts(step, step_loss, trained, correct, chain_alive) -> dict[str, torch.Tensor]:
