@@ -44,7 +44,7 @@ class CardInputs:
 
     repo_id: str
     config: dict
-    facts: dict  # libspec.validate facts of the checkpoint (parameters, ...)
+    facts: dict  # float_parameters, embedding_parameters (counted from the safetensors headers)
     files: tuple[PublishedFile, ...]
     reports: tuple[MeasuredReport, ...]
     checks: tuple[str, ...]  # which gates ran and what they found, one line each
@@ -162,7 +162,8 @@ def what_it_is(config: dict, facts: dict) -> str:
     vocab = dig(config, "transformer_layer_config.vocab_size")
     draft_vocab = config.get("draft_vocab_size")
     vocab_note = " (the verifier's full vocabulary)" if draft_vocab == vocab else f" of the verifier's {vocab} (mapped by `d2t`/`t2d`)"
-    parameters = facts.get("parameters")
+    parameters, embedding = facts.get("float_parameters"), facts.get("embedding_parameters") or 0
+    parameter_text = "unknown" if not isinstance(parameters, int) else f"{parameters:,}" + (f" ({parameters - embedding:,} without `embed_tokens`)" if embedding else "")
     rows = [
         ("algorithm", f"{ALGORITHM_NAMES.get(algorithm, algorithm)} (`speculators_model_type: {algorithm}`)"),
         ("verifier", f"`{verifier_name(config)}`"),
@@ -172,7 +173,7 @@ def what_it_is(config: dict, facts: dict) -> str:
         ("verifier layers read (aux layer ids)", config.get("eagle_aux_hidden_state_layer_ids")),
         ("speculative tokens (k served by default)", dig(config, "speculators_config.proposal_methods.0.speculative_tokens")),
         ("dtype", config.get("dtype") or config.get("torch_dtype")),
-        ("parameters", f"{parameters:,}" if isinstance(parameters, int) else "unknown"),
+        ("parameters", parameter_text),
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     return f"## What it is\n\n| | |\n|---|---|\n{table}"
@@ -183,7 +184,7 @@ def how_to_serve(config: dict, repo_id: str) -> str:
     return (
         "## How to serve it\n\nWith vLLM (0.30 or newer reads this format; from 0.33 the short form needs the verifier "
         "to be a Hub id):\n\n" + "\n\n".join(blocks) + "\n\nUpstream `speculators` loads it with "
-        f"`SpeculatorModel.from_pretrained(\"{repo_id}\")`."
+        f"`SpeculatorModel.from_pretrained(\"{repo_id}\")` (it also reads the verifier named in config.json)."
     )
 
 
@@ -261,21 +262,26 @@ def provenance(config: dict) -> str:
     verifier = record.get("verifier")
     if isinstance(verifier, dict):
         lines.append(
-            f"- Verifier fingerprint (SPEC.md §3): `{verifier.get('name_or_path')}`, {verifier.get('model_type')}, "
+            f"- Verifier it was trained for (fingerprint): `{verifier.get('name_or_path')}`, {verifier.get('model_type')}, "
             f"{verifier.get('num_hidden_layers')} layers, hidden size {verifier.get('hidden_size')}, vocabulary "
             f"{verifier.get('vocab_size')}; config.json sha256 `{verifier.get('config_sha256')}`, tokenizer sha256 "
-            f"`{verifier.get('tokenizer_sha256')}`, chat template sha256 `{verifier.get('chat_template_sha256')}`."
+            f"`{verifier.get('tokenizer_sha256')}`, chat template sha256 {_code_or_none(verifier.get('chat_template_sha256'))}."
         )
     dataset = record.get("dataset")
     if isinstance(dataset, dict):
-        lines.append(
-            f"- Training data: data set fingerprint `{dataset.get('fingerprint')}`, {dataset.get('num_records')} records, "
-            f"{dataset.get('num_tokens')} tokens, hidden states of layers {dataset.get('layer_ids')}."
-        )
+        parts = [f"data set fingerprint `{dataset.get('fingerprint')}`"]
+        parts += [f"{dataset[key]:,} {word}" for key, word in (("num_records", "records"), ("num_tokens", "tokens")) if isinstance(dataset.get(key), int)]
+        if dataset.get("layer_ids") is not None:
+            parts.append(f"hidden states of verifier layers {dataset['layer_ids']}")
+        lines.append("- Training data: " + ", ".join(parts) + ".")
     training = record.get("training")
     if isinstance(training, dict):
         lines.append("- Training: " + training_summary(training))
     return "## Provenance\n\n" + "\n".join(lines)
+
+
+def _code_or_none(value) -> str:
+    return "none recorded" if value is None else f"`{value}`"
 
 
 def training_summary(training: dict) -> str:

@@ -10,6 +10,7 @@ exactly the bytes an upload would send.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     if validation.kind != "checkpoint":
         raise SpecError(f"{checkpoint_dir}: not a speculator checkpoint folder ({'; '.join(validation.problems) or validation.kind})")
     gate.checkpoint_problems += [f"{checkpoint_dir}: {p}" for p in validation.problems]
-    gate.checks.append(f"spec-validate (SPEC.md §11.3): {'valid' if validation.ok else f'{len(validation.problems)} problem(s)'}")
+    verdict = "valid" if validation.ok else f"{len(validation.problems)} problem(s)"
+    gate.checks.append(f"spec-validate: {verdict} (config schema and EAGLE-3 rules, every tensor's name, shape and dtype, no NaN/inf, vocabulary map)")
     interop_problems, interop_checks = interop_gate(checkpoint_dir)
     gate.checkpoint_problems += interop_problems
     gate.checks += interop_checks
@@ -113,7 +115,7 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
         CardInputs(
             repo_id=options.repo_id,
             config=config,
-            facts=validation.facts,
+            facts=parameter_counts(checkpoint_dir),
             files=tuple(PublishedFile(i.path_in_repo, i.num_bytes, i.sha256) for i in items),
             reports=tuple(measured),
             checks=tuple(gate.checks),
@@ -127,6 +129,16 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     published = {item.source.resolve() for item in checkpoint_items}
     left_out = sorted(str(p.relative_to(checkpoint_dir)) for p in checkpoint_dir.rglob("*") if p.is_file() and p.resolve() not in published)
     return PushPlan(checkpoint_dir, options, gate, [card_item, *items], card, left_out)
+
+
+def parameter_counts(checkpoint_dir: Path) -> dict:
+    """Float parameters of the draft, and how many of them are the token embedding (from the headers only)."""
+    try:
+        headers = ckpt.tensor_headers(checkpoint_dir)
+    except SpecError:
+        return {}  # a broken folder pushed with --force: the card says "unknown"
+    counts = {name: math.prod(shape) for name, (dtype, shape) in headers.items() if dtype.is_floating_point}
+    return {"float_parameters": sum(counts.values()), "embedding_parameters": counts.get("embed_tokens.weight", 0)}
 
 
 def _gate_reports(bench_paths, checkpoint_dir: Path, config: dict, weights: dict, gate: Gate):

@@ -109,7 +109,10 @@ def test_card_numbers_are_the_reports(measured):
     assert "vllm serve org/tiny-spec\n" in card
     assert """vllm serve org/tiny-verifier --speculative-config '{"method": "eagle3", "model": "org/tiny-spec", "num_speculative_tokens": 3}'""" in card
     assert "| verifier layers read (aux layer ids) | [1, 2, 3] |" in card and "| draft vocabulary | 64 (the verifier's full vocabulary) |" in card
-    assert "ab" * 32 in card and "spec-train --data data/ -o out/" in card and "steps: 120" in card
+    tensors = ckpt.load_tensors(measured / "ckpt")
+    total = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+    assert f"| parameters | {total:,} ({total - tensors['embed_tokens.weight'].numel():,} without `embed_tokens`) |" in card
+    assert "ab" * 32 in card and "10 records, 1,234 tokens" in card and "spec-train --data data/ -o out/" in card and "steps: 120" in card
     assert "not available in this spec-tools build" in card  # says which gates did not run
 
 
