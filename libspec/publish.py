@@ -90,26 +90,10 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     """Run the gate, list the files and render the card; nothing is written."""
     checkpoint_dir = Path(checkpoint_dir)
     gate = Gate()
-    validation = validate(str(checkpoint_dir))
-    if validation.kind != "checkpoint":
-        raise SpecError(f"{checkpoint_dir}: not a speculator checkpoint folder ({'; '.join(validation.problems) or validation.kind})")
-    gate.checkpoint_problems += [f"{checkpoint_dir}: {p}" for p in validation.problems]
-    verdict = "valid" if validation.ok else f"{len(validation.problems)} problem(s)"
-    gate.checks.append(f"spec-validate: {verdict} (config schema and EAGLE-3 rules, every tensor's name, shape and dtype, no NaN/inf, vocabulary map)")
-    interop_problems, interop_checks = interop_gate(checkpoint_dir)
-    gate.checkpoint_problems += interop_problems
-    gate.checks += interop_checks
-
-    config = ckpt.read_config(checkpoint_dir)
-    if not is_hub_id(verifier_name(config)):
-        gate.notes.append(
-            f"the verifier {verifier_name(config)!r} is not a Hub id: the card names no base_model and gives only the "
-            "explicit `vllm serve VERIFIER --speculative-config ...` form"
-        )
+    config = _gate_checkpoint(checkpoint_dir, gate)
     checkpoint_items = [_file_item(path.name, path) for path in ckpt.checkpoint_files(checkpoint_dir)]
     weights = {item.path_in_repo: item.sha256 for item in checkpoint_items if item.path_in_repo.endswith(".safetensors")}
     measured, report_items = _gate_reports(bench_paths, checkpoint_dir, config, weights, gate)
-
     items = checkpoint_items + report_items
     card = render_card(
         CardInputs(
@@ -129,6 +113,26 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     published = {item.source.resolve() for item in checkpoint_items}
     left_out = sorted(str(p.relative_to(checkpoint_dir)) for p in checkpoint_dir.rglob("*") if p.is_file() and p.resolve() not in published)
     return PushPlan(checkpoint_dir, options, gate, [card_item, *items], card, left_out)
+
+
+def _gate_checkpoint(checkpoint_dir: Path, gate: Gate) -> dict:
+    """spec-validate's checks and the interop gates; returns the config (a folder without one cannot be pushed at all)."""
+    validation = validate(str(checkpoint_dir))
+    if validation.kind != "checkpoint":
+        raise SpecError(f"{checkpoint_dir}: not a speculator checkpoint folder ({'; '.join(validation.problems) or validation.kind})")
+    gate.checkpoint_problems += [f"{checkpoint_dir}: {p}" for p in validation.problems]
+    verdict = "valid" if validation.ok else f"{len(validation.problems)} problem(s)"
+    gate.checks.append(f"spec-validate: {verdict} (config schema and EAGLE-3 rules, every tensor's name, shape and dtype, no NaN/inf, vocabulary map)")
+    interop_problems, interop_checks = interop_gate(checkpoint_dir)
+    gate.checkpoint_problems += interop_problems
+    gate.checks += interop_checks
+    config = ckpt.read_config(checkpoint_dir)
+    if not is_hub_id(verifier_name(config)):
+        gate.notes.append(
+            f"the verifier {verifier_name(config)!r} is not a Hub id: the card names no base_model and gives only the "
+            "explicit `vllm serve VERIFIER --speculative-config ...` form"
+        )
+    return config
 
 
 def parameter_counts(checkpoint_dir: Path) -> dict:

@@ -481,6 +481,8 @@ def test_hub_errors_become_one_line_without_the_token(measured, hub, capsys):
     hub.fail_commit = True
     assert_fails(spec_push.main, [str(measured / "ckpt"), REPO, "--endpoint", hub.url], f"upload to {hub.url}/{REPO} failed")
     assert TOKEN not in "".join(capsys.readouterr())
+    create = next(json.loads(body) for method, path, _, body in hub.requests if path == "/api/repos/create")
+    assert "visibility" not in create  # without --private the namespace's default applies
 
 
 def test_no_token_is_a_clear_error(measured, hub, monkeypatch):
