@@ -298,6 +298,33 @@ def test_to_dir_never_replaces_a_folder_that_is_not_a_checkpoint(measured, tmp_p
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
 
 
+def test_atomic_directory_keeps_the_old_folder_when_anything_fails(tmp_path, monkeypatch):
+    import os
+
+    from libspec.atomic import atomic_directory
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "new.txt").write_text("new")
+            raise RuntimeError("writer failed")
+    real_replace, calls = os.replace, []
+
+    def replace_failing_the_swap(src, dst):  # moving the old folder aside works, putting the new one in place fails
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_failing_the_swap)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_directory(target) as staging:
+            (staging / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 # ---- the upload, through huggingface_hub's real client -----------------------------------------
 
 
