@@ -20,3 +20,8 @@ format-examples:
 # the main job, end to end (grows with the pipeline: verifier -> gen-hidden -> train -> bench)
 demo:
     spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
+
+# spec-train vs upstream speculators 0.9.0's EAGLE-3 trainer, side by side (upstream needs
+# SPEC_UPSTREAM_PYTHON, a venv with speculators installed); e.g. ./just bench-train --steps 300
+bench-train *ARGS:
+    python -m tools.bench_train {{ARGS}}

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_LLAMA
 from libspec.algorithms import eagle3
-from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3_model import DocumentSpans, DraftCache, Eagle3Draft
 from libspec.algorithms.eagle3_train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
 from libspec.packing import build_batch
 from libspec.teacher import Teacher, find_final_norm
@@ -197,3 +197,19 @@ def test_find_final_norm_picks_the_models_last_norm():
 
     model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k != "model_type"}))
     assert find_final_norm(model) is model.model.norm
+
+
+def test_document_spans_attend_like_the_dense_ttt_mask():
+    draft = random_draft(num_layers=2)
+    batch = build_batch(documents([5, 8, 3]), [0, 1], 2, max_queries=64)
+    spans = DocumentSpans.from_document_ids(batch.document_ids[0])
+    assert spans.bounds == ((0, 4), (4, 11), (11, 13))
+    outputs = {}
+    for kind in ("dense", "spans"):
+        cache = DraftCache.empty(2)
+        hidden = draft.project(batch.aux_hidden)
+        for step in range(3):
+            mask = spans.dense(13, step + 1)[None, None] if kind == "dense" else spans
+            logits, hidden = draft(batch.tokens, hidden, batch.positions + step, mask, cache)
+        outputs[kind] = logits
+    torch.testing.assert_close(outputs["spans"], outputs["dense"], rtol=1e-5, atol=1e-5)
