@@ -303,52 +303,60 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
         epoch_steps = len(plan) // batches_per_step
         while progress.batch < epoch_steps and progress.step < max_steps:
             started = time.perf_counter()
-            objective.train()
-            counts: dict[str, float] = {}
-            for micro in range(config.grad_accum):
-                index = (progress.batch * config.grad_accum + micro) * topology.world_size + topology.rank
-                batch = load_batch(run, plan[index]).to(topology.device)
-                sync = micro == config.grad_accum - 1
-                with (nullcontext() if sync or not hasattr(wrapped, "no_sync") else wrapped.no_sync()), autocast:
-                    loss, micro_counts = wrapped(batch)
-                (loss / config.grad_accum).backward()
-                _add_counts(counts, micro_counts)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(progress.step, total_steps, warmup, config.schedule)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip > 0 else None
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            counts = distributed.sum_counts(counts, topology)
+            lr = config.lr * lr_factor(progress.step, total_steps, warmup, config.schedule)
+            counts, grad_norm = _optimizer_step(run, wrapped, optimizer, trainable, plan, progress.batch, lr, autocast)
             progress.step += 1
             progress.batch += 1
             progress.tokens += int(counts["queries"])
             _add_counts(progress.epoch_counts, counts)
-            elapsed = time.perf_counter() - started
             last_metrics = {
-                "kind": "train", "step": progress.step, "epoch": progress.epoch, "lr": optimizer.param_groups[0]["lr"],
+                "kind": "train", "step": progress.step, "epoch": progress.epoch, "lr": lr,
                 **derive_metrics(counts, config.ttt_steps, config.step_decay),
-                "grad_norm": None if grad_norm is None else float(grad_norm), "queries": int(counts["queries"]),
-                "tokens_per_s": counts["queries"] / elapsed, "total_steps": total_steps,
+                "grad_norm": grad_norm, "queries": int(counts["queries"]),
+                "tokens_per_s": counts["queries"] / (time.perf_counter() - started), "total_steps": total_steps,
             }  # fmt: skip
             _log_metrics(out, last_metrics, topology)
             emit("step", last_metrics)
             if config.save_every and progress.step % config.save_every == 0 and progress.batch < epoch_steps:
-                checkpoints.append(_save(run, objective, wrapped, optimizer, progress, f"checkpoint-step-{progress.step}", None, emit))
+                checkpoints.append(_save(run, objective, optimizer, progress, f"checkpoint-step-{progress.step}", None, emit))
+        # End of an epoch, or of the run in mid-epoch (--max-steps): validate, checkpoint, maybe a new best.
         epoch_done = progress.batch >= epoch_steps
         name = f"checkpoint-epoch-{progress.epoch}" if epoch_done else f"checkpoint-step-{progress.step}"
         validation = _validate(run, objective, wrapped, autocast, progress)
         _log_metrics(out, validation, topology)
         emit("validation", validation)
         if epoch_done:
-            progress.epoch += 1
-            progress.batch = 0
-            progress.epoch_counts = {}
-        checkpoints.append(_save(run, objective, wrapped, optimizer, progress, name, validation, emit))
+            progress.epoch, progress.batch, progress.epoch_counts = progress.epoch + 1, 0, {}
+        checkpoints.append(_save(run, objective, optimizer, progress, name, validation, emit))
     distributed.barrier(topology)
     result = TrainResult(out, progress, last_metrics, progress.best, checkpoints)
     emit("done", {"step": progress.step, "best": progress.best})
     distributed.shutdown(topology)
     return result
+
+
+def _optimizer_step(run: Run, wrapped: nn.Module, optimizer, trainable, plan, batch_index: int, lr: float, autocast) -> tuple[dict, float | None]:
+    """One optimizer step over this rank's grad_accum micro-batches; returns counts summed over ranks and the grad norm.
+
+    Micro-batch m of step s on rank r is plan[(s*K + m)*W + r], so one process with K = W*k sees
+    exactly the batches of W processes with k each (the DDP test relies on it).
+    """
+    config, topology = run.config, run.topology
+    counts: dict[str, float] = {}
+    for micro in range(config.grad_accum):
+        index = (batch_index * config.grad_accum + micro) * topology.world_size + topology.rank
+        batch = load_batch(run, plan[index]).to(topology.device)
+        last = micro == config.grad_accum - 1
+        with (nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()), autocast:
+            loss, micro_counts = wrapped(batch)
+        (loss / config.grad_accum).backward()  # gradients average over micro-batches (and over ranks, by DDP)
+        _add_counts(counts, micro_counts)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return distributed.sum_counts(counts, topology), None if grad_norm is None else float(grad_norm)
 
 
 def _fsdp_units(draft: Eagle3Draft) -> list[nn.Module]:
@@ -526,7 +534,7 @@ def _full_states(objective: Eagle3Objective, optimizer: torch.optim.Optimizer, f
     return objective.draft.state_dict(), optimizer.state_dict()
 
 
-def _save(run: Run, objective, wrapped, optimizer, progress: Progress, name: str, validation: dict | None, emit: EventCallback) -> str:
+def _save(run: Run, objective, optimizer, progress: Progress, name: str, validation: dict | None, emit: EventCallback) -> str:
     """Write checkpoint `name`, update best, then the training state (in that order, so a crash in between only redoes work)."""
     config, topology = run.config, run.topology
     out = Path(config.output)
