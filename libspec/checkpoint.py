@@ -16,7 +16,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import default_dir_mode, fsync_dir, write_text_atomic
+from libspec.atomic import default_dir_mode, default_file_mode, fsync_dir, write_text_atomic
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -108,6 +108,8 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
         for path in staging.iterdir():
+            # safetensors creates its file 0600; give every file what a plain open() would (SPEC.md §2).
+            path.chmod(default_file_mode())
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         _swap_into_place(staging, directory)
@@ -115,6 +117,12 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def move_into_place(staging: str | Path, directory: str | Path) -> Path:
+    """Replace `directory` by the complete folder `staging` (a sibling), as write_checkpoint does."""
+    _swap_into_place(Path(staging), Path(directory))
+    return Path(directory)
 
 
 def _swap_into_place(staging: Path, directory: Path) -> None:
