@@ -449,6 +449,28 @@ def test_cli_check_acceptance_without_local_weights_says_why(tmp_path, verifier,
     assert "not local" in json.loads(capsys.readouterr().out)["acceptance"]["skipped"]
 
 
+def saved_tiny_verifier(directory):
+    """A real tiny Llama verifier (weights and a word-level tokenizer): enough for the engine to run."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in VERIFIER.items() if k not in ("architectures", "model_type")})).save_pretrained(directory)
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(V)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="t63", pad_token="t0").save_pretrained(directory)
+    return directory
+
+
+def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path):
+    verifier = saved_tiny_verifier(tmp_path / "verifier")
+    result = run_convert(safeailab_eagle3_source(tmp_path), verifier, tmp_path / "out", check_acceptance=True)
+    assert result.numeric_check["shared_weights"] == "the verifier's embed_tokens and lm_head"
+    acceptance = result.acceptance
+    assert acceptance["k"] == 7 and acceptance["lossless"] is True and 1.0 <= acceptance["tau"] <= 8.0
+    assert sum(acceptance["histogram"]) > 0
+
+
 # ---- upstream speculators loads what we write (when it is installed) ---------------------------
 
 

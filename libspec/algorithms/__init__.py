@@ -38,7 +38,7 @@ def load_proposer(checkpoint_dir, verifier_model, dtype=None):
     from libspec import checkpoint as ckpt
     from libspec.errors import SpecError
 
-    model_type = ckpt.read_config(checkpoint_dir).get("speculators_model_type")
+    model_type = algorithm_name(ckpt.read_config(checkpoint_dir))
     if model_type == "eagle3":
         from libspec.algorithms.eagle3_model import load_proposer as load_eagle3
 

@@ -36,7 +36,7 @@ def quick_acceptance(checkpoint: Path, verifier: Verifier, k: int) -> dict:
         tokenizer = load_tokenizer(str(verifier.directory))
         proposer = load_proposer(checkpoint, model)
     except SpecError as error:
-        return {"skipped": str(error)}
+        return {"skipped": str(error).strip().splitlines()[0]}
     prompts = PromptSet("spec-convert quick check", "(built in)", [{"prompt": p} for p in PROMPTS])
     settings = BenchSettings((k,), max_new_tokens=NEW_TOKENS)
     result = bench_prompt_set(DecodingVerifier(model, proposer.aux_layer_ids), proposer, tokenizer, prompts, settings, eos_token_ids(model, tokenizer))
