@@ -368,6 +368,18 @@ def test_our_format_converts_to_itself_unchanged(tmp_path, verifier, make):
     assert all(a.dtype == before[n].dtype and a.view(torch.uint8).equal(before[n].view(torch.uint8)) for n, a in after.items())
 
 
+def test_upstream_config_without_num_aux_hidden_states_gets_it(tmp_path, verifier):
+    """Upstream 0.9.0 omits it; with 4 aux layers vLLM's Llama head would size fc for 3."""
+    config = eagle3.make_config(VERIFIER, str(verifier), eagle3.Eagle3Options(aux_layer_ids=(1, 2, 4, 5)))
+    tensors = random_checkpoint_tensors(config)
+    del config["transformer_layer_config"]["num_aux_hidden_states"]
+    ckpt.write_checkpoint(tmp_path / "upstream", config, tensors)
+    result = run_convert(tmp_path / "upstream", verifier, tmp_path / "out")
+    converted, _ = reloads(result)
+    assert converted["transformer_layer_config"]["num_aux_hidden_states"] == 4
+    assert decision(result, "transformer_layer_config.num_aux_hidden_states")["origin"] == "derived"
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 

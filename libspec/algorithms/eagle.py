@@ -70,13 +70,9 @@ def make_config(
     if "qkv_bias" in layer:
         config["qkv_bias"] = bool(layer["qkv_bias"])
     tools = dict(spec_tools or {})
-    tools.update(
-        {
-            "algorithm": ALGORITHM,
-            "speculative_tokens": speculative_tokens,
-            "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_config.get("architectures") or [])},
-        }
-    )
+    tools.update({"algorithm": ALGORITHM, "speculative_tokens": speculative_tokens})
+    # A fingerprint (SPEC.md §3) when the caller has one; it names the verifier the same way.
+    tools.setdefault("verifier", {"name_or_path": verifier_name_or_path, "architectures": list(verifier_config.get("architectures") or [])})
     config["spec_tools"] = tools
     return config
 

@@ -16,7 +16,7 @@ import torch
 
 import libspec
 from libspec.errors import SpecError
-from libspec.fingerprint import read_model_config, resolve_model_dir, text_config
+from libspec.fingerprint import fingerprint_verifier, read_model_config, resolve_model_dir, text_config
 
 RECORDED, OPTION, DEFAULT, DERIVED = "recorded", "option", "default", "derived"
 
@@ -102,10 +102,11 @@ def choose(decisions: list[Decision], setting: str, option, recorded, default, r
 
 
 def spec_tools_record(format_name: str, source_path: str, verifier: Verifier) -> dict:
-    """The `spec_tools` block of a converted checkpoint: who made it, from what."""
+    """The `spec_tools` block of a converted checkpoint: who made it, from what, for which verifier."""
     return {
         "version": libspec.__version__,
         "format_version": libspec.FORMAT_VERSION,
+        "verifier": fingerprint_verifier(verifier.name_or_path).to_dict(),
         "converted_from": {"format": format_name, "path": source_path},
     }
 
@@ -138,21 +139,6 @@ def t2d_from_d2t(d2t: torch.Tensor, vocab_size: int) -> torch.Tensor:
     t2d = torch.zeros(vocab_size, dtype=torch.bool)
     t2d[targets] = True
     return t2d
-
-
-def require(tensors: dict[str, torch.Tensor], names, where: str) -> None:
-    """Refuse a source that lacks tensors its layout must have."""
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise SpecError(f"{where}: missing tensor(s) {', '.join(missing)} for this format")
-
-
-def refuse_unknown(tensors: dict[str, torch.Tensor], known: set[str], where: str) -> None:
-    """Refuse tensors a converter does not know what to do with, rather than dropping them silently."""
-    unknown = sorted(set(tensors) - known)
-    if unknown:
-        more = f" (and {len(unknown) - 6} more)" if len(unknown) > 6 else ""
-        raise SpecError(f"{where}: tensor(s) this format does not have: {', '.join(unknown[:6])}{more}")
 
 
 def pretty(value) -> str:

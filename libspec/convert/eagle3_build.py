@@ -16,7 +16,6 @@ import torch
 
 from libspec.algorithms import eagle3
 from libspec.convert.common import (
-    DEFAULT,
     DERIVED,
     Conversion,
     ConvertOptions,
@@ -29,6 +28,7 @@ from libspec.convert.common import (
     t2d_from_d2t,
     unify_float_dtype,
 )
+from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -69,73 +69,79 @@ def build_eagle3(
     options: ConvertOptions,
     format_name: str,
     facts: Eagle3Facts,
-    layout,
+    layout: Eagle3Layout,
     reference_name: str,
 ) -> Conversion:
     """The spec-tools EAGLE-3 checkpoint for `tensors` (already under our names); `layout` says
-    how the source's own forward reads its original tensors (reference.Eagle3Layout)."""
-    where = source.path
-    tensors = dict(tensors)
-    decisions: list[Decision] = []
-    notes: list[str] = []
-    shape = _infer_shape(tensors, facts.layer, where)
-    lm = verifier.lm
-    if facts.layer.get("hidden_act", "silu") != "silu":
-        raise SpecError(f"{where}: hidden_act {facts.layer.get('hidden_act')!r}: EAGLE-3 drafts in vLLM use silu")
-    if facts.layer.get("target_hidden_size") not in (None, shape["hidden"]):
-        raise SpecError(f"{where}: target_hidden_size {facts.layer['target_hidden_size']} differs from the draft's hidden size {shape['hidden']}; spec-tools' EAGLE-3 format needs them equal")
-    if shape["hidden"] != lm["hidden_size"]:
-        raise SpecError(f"{where}: the draft's hidden size is {shape['hidden']} but the verifier's is {lm['hidden_size']} (wrong verifier, or a draft narrower than its verifier, which spec-tools' EAGLE-3 format does not support)")
-    vocab = lm["vocab_size"]
-    _check_source_vocab(source, tensors, vocab, where)
-    draft_vocab = tensors["lm_head.weight"].shape[0]
-    _settle_vocab_maps(tensors, draft_vocab, vocab, decisions, notes, where)
+    how the source's own forward reads its original tensors (for the numerical check)."""
+    conversion = Conversion("eagle3", {}, dict(tensors))
+    tensors, decisions = conversion.tensors, conversion.decisions
+    shape = _infer_shape(tensors, facts.layer, source.path)
+    _check_fit(source.path, shape, facts.layer, tensors, verifier.lm)
+    _settle_vocab_maps(tensors, verifier.lm["vocab_size"], decisions, conversion.notes, source.path)
 
     source_aux = tuple(choose(decisions, "aux_layer_ids", options.aux_layer_ids, facts.aux_recorded, facts.aux_default, facts.aux_reason))
-    aux = _ascending_aux(source_aux, tensors, shape["hidden"], facts, decisions, where)
-    if max(aux) > lm["num_hidden_layers"] or min(aux) < 0:
-        raise SpecError(f"{where}: aux layer ids {list(aux)} are outside the verifier's layers [0, {lm['num_hidden_layers']}]; pass --layers")
-    norm_before_residual = choose(
-        decisions, "norm_before_residual", options.norm_before_residual, facts.norm_before_residual_recorded,
-        facts.norm_before_residual_default, facts.norm_before_residual_reason,
+    aux = _ascending_aux(source_aux, tensors, shape["hidden"], decisions, source.path)
+    if max(aux) > verifier.lm["num_hidden_layers"] or min(aux) < 0:
+        raise SpecError(f"{source.path}: aux layer ids {list(aux)} are outside the verifier's layers [0, {verifier.lm['num_hidden_layers']}]; pass --layers")
+    norm_before_residual = bool(
+        choose(
+            decisions, "norm_before_residual", options.norm_before_residual, facts.norm_before_residual_recorded,
+            facts.norm_before_residual_default, facts.norm_before_residual_reason,
+        )
     )  # fmt: skip
-    tokens = choose(decisions, "speculative_tokens", options.speculative_tokens, facts.tokens_recorded, facts.tokens_default, facts.tokens_reason)
+    tokens = int(choose(decisions, "speculative_tokens", options.speculative_tokens, facts.tokens_recorded, facts.tokens_default, facts.tokens_reason))
 
     dtype = float_dtype(tensors, "fc.weight")
-    conversion = Conversion("eagle3", {}, tensors, decisions, notes)
     unify_float_dtype(conversion, dtype)
     eagle3_options = eagle3.Eagle3Options(
         aux_layer_ids=aux,
         num_layers=shape["num_layers"],
         layer_style=shape["style"],
-        draft_vocab_size=draft_vocab,
-        norm_before_residual=bool(norm_before_residual),
+        draft_vocab_size=tensors["lm_head.weight"].shape[0],
+        norm_before_residual=norm_before_residual,
         norm_before_fc="input_norm.weight" in tensors,
         fc_norm="fc_norm.0.weight" in tensors,
         norm_output=facts.norm_output,
-        speculative_tokens=int(tokens),
+        speculative_tokens=tokens,
     )
-    config = eagle3.make_config(verifier.config, verifier.name_or_path, eagle3_options, dtype_name(dtype), spec_tools_record(format_name, source.path, verifier))
-    # The draft's own decoder shape, not the verifier's (make_config starts from the verifier).
-    config["transformer_layer_config"].update(
-        {
-            "intermediate_size": shape["intermediate"],
-            "num_attention_heads": shape["heads"],
-            "num_key_value_heads": shape["kv_heads"],
-            "head_dim": shape["head_dim"],
-            "hidden_act": facts.layer.get("hidden_act", "silu"),
-            "rms_norm_eps": shape["eps"],
-            "rope_parameters": facts.layer["rope_parameters"],
-            "max_position_embeddings": max(facts.layer.get("max_position_embeddings") or 0, lm.get("max_position_embeddings") or 0) or 4096,
-        }
-    )
-    conversion.config = config
-    layout = replace(layout, num_layers=shape["num_layers"], norm_before_residual=bool(norm_before_residual))
+    record = spec_tools_record(format_name, source.path, verifier)
+    conversion.config = eagle3.make_config(verifier.config, verifier.name_or_path, eagle3_options, dtype_name(dtype), record)
+    conversion.config["transformer_layer_config"].update(_draft_layer(shape, facts.layer, verifier.lm))
+    layout = replace(layout, num_layers=shape["num_layers"], norm_before_residual=norm_before_residual)
     conversion.reference = reference_builder(source, layout, conversion, source_aux, facts.layer.get("rope_source") or source.config)
     conversion.reference_name = reference_name
     if "embed_tokens.weight" not in tensors:
-        notes.append("the source has no embed_tokens: vLLM shares the verifier's embedding")
+        conversion.notes.append("the source has no embed_tokens: vLLM shares the verifier's embedding")
     return conversion
+
+
+def _check_fit(where: str, shape: dict, layer: dict, tensors, lm: dict) -> None:
+    """Refuse what the format cannot express and a source made for another verifier."""
+    if layer.get("hidden_act", "silu") != "silu":
+        raise SpecError(f"{where}: hidden_act {layer.get('hidden_act')!r}: EAGLE-3 drafts in vLLM use silu")
+    if layer.get("target_hidden_size") not in (None, shape["hidden"]):
+        raise SpecError(f"{where}: target_hidden_size {layer['target_hidden_size']} differs from the draft's hidden size {shape['hidden']}; spec-tools' EAGLE-3 format needs them equal")
+    if shape["hidden"] != lm["hidden_size"]:
+        raise SpecError(f"{where}: the draft's hidden size is {shape['hidden']} but the verifier's is {lm['hidden_size']} (wrong verifier?)")
+    for name, what in (("t2d", "t2d"), ("embed_tokens.weight", "embed_tokens")):
+        if name in tensors and tensors[name].shape[0] != lm["vocab_size"]:
+            raise SpecError(f"{where}: the source's {what} covers a vocabulary of {tensors[name].shape[0]}, the verifier's has {lm['vocab_size']} (wrong verifier?)")
+
+
+def _draft_layer(shape: dict, layer: dict, lm: dict) -> dict:
+    """The draft's own decoder fields (make_config starts from the verifier's)."""
+    return {
+        "intermediate_size": shape["intermediate"],
+        "num_attention_heads": shape["heads"],
+        "num_key_value_heads": shape["kv_heads"],
+        "head_dim": shape["head_dim"],
+        "hidden_act": "silu",
+        "rms_norm_eps": shape["eps"],
+        "rope_parameters": layer["rope_parameters"],
+        # vLLM raises it to the verifier's context anyway; never below the verifier's.
+        "max_position_embeddings": max(layer.get("max_position_embeddings") or 0, lm.get("max_position_embeddings") or 0) or 4096,
+    }
 
 
 def _infer_shape(tensors: dict[str, torch.Tensor], layer: dict, where: str) -> dict:
@@ -179,19 +185,9 @@ def _known_eagle3_name(name: str) -> bool:
     return bool(match) and match.group(2) in LAYER_PARTS
 
 
-def _check_source_vocab(source: Source, tensors, vocab: int, where: str) -> None:
-    """A source sized for another vocabulary means the wrong verifier was named."""
-    evidence = {
-        "t2d": tensors["t2d"].shape[0] if "t2d" in tensors else None,
-        "embed_tokens": tensors["embed_tokens.weight"].shape[0] if "embed_tokens.weight" in tensors else None,
-    }
-    for what, size in evidence.items():
-        if size is not None and size != vocab:
-            raise SpecError(f"{where}: the source's {what} covers a vocabulary of {size}, the verifier's has {vocab} (wrong verifier?)")
-
-
-def _settle_vocab_maps(tensors, draft_vocab: int, vocab: int, decisions, notes, where: str) -> None:
+def _settle_vocab_maps(tensors, vocab: int, decisions, notes, where: str) -> None:
     """Keep d2t/t2d only for a reduced vocabulary (SPEC.md §11.2); derive t2d when only d2t is stored."""
+    draft_vocab = tensors["lm_head.weight"].shape[0]
     if draft_vocab > vocab:
         raise SpecError(f"{where}: lm_head has {draft_vocab} rows, more than the verifier's vocabulary {vocab}")
     if draft_vocab == vocab:
@@ -213,7 +209,7 @@ def _settle_vocab_maps(tensors, draft_vocab: int, vocab: int, decisions, notes, 
         tensors["t2d"] = tensors["t2d"].to(torch.bool)
 
 
-def _ascending_aux(aux: tuple[int, ...], tensors, hidden: int, facts: Eagle3Facts, decisions, where: str) -> tuple[int, ...]:
+def _ascending_aux(aux: tuple[int, ...], tensors, hidden: int, decisions, where: str) -> tuple[int, ...]:
     """vLLM concatenates aux states in ascending id order; reorder fc's column blocks to match."""
     num_aux = tensors["fc.weight"].shape[1] // hidden
     if len(aux) != num_aux:
@@ -247,7 +243,6 @@ def layer_facts(config: dict) -> dict:
         "target_hidden_size": config.get("target_hidden_size"),
         "rope_source": config,  # where the reference reads RoPE settings the source's way
     }
-
 
 
 def reference_builder(source: Source, layout, conversion: Conversion, source_aux: tuple[int, ...], rope_config: dict):

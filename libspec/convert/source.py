@@ -52,7 +52,9 @@ def load_source(path: str, config_path: str | None = None) -> Source:
         files = [location]
         config_file = Path(config_path) if config_path else location.parent / "config.json"
     elif looks_like_hub_id(path):
-        return load_source(str(download_from_hub(path)), config_path)
+        source = load_source(str(download_from_hub(path)), config_path)
+        source.path = path  # name it as the user did (and as the converted checkpoint records it)
+        return source
     else:
         raise SpecError(f"{path}: no such file or directory (and not a Hugging Face Hub id)")
     tensors: dict[str, torch.Tensor] = {}

@@ -2,7 +2,8 @@
 `eagle3` and `dflash`, and our EAGLE-1 folder): converting them is a no-op.
 
 The tensors are copied byte for byte and the config is kept as is; only a different
-`--verifier` is written into it (and said so).
+`--verifier` is written into it, and an upstream EAGLE-3 config gets the
+`num_aux_hidden_states` vLLM's Llama head needs (both said so).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 
 from libspec.algorithms import eagle
-from libspec.convert.common import OPTION, Conversion, ConvertOptions, Decision, Verifier
+from libspec.convert.common import DERIVED, OPTION, Conversion, ConvertOptions, Decision, Verifier
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -35,6 +36,11 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
     algorithm = eagle.ALGORITHM if eagle.is_eagle_config(config) else config["speculators_model_type"]
     record = config["spec_tools"]["verifier"] if algorithm == eagle.ALGORITHM else config["speculators_config"]["verifier"]
     decisions = []
+    tl = config.get("transformer_layer_config") or {}
+    if algorithm == "eagle3" and "num_aux_hidden_states" not in tl:
+        # Upstream does not write it; vLLM's Llama head then sizes fc for 3 aux layers whatever the ids say.
+        tl["num_aux_hidden_states"] = len(config.get("eagle_aux_hidden_state_layer_ids") or [])
+        decisions.append(Decision("transformer_layer_config.num_aux_hidden_states", tl["num_aux_hidden_states"], DERIVED, "vLLM's Llama EAGLE-3 head reads it (default 3) to size fc"))
     if record.get("name_or_path") != verifier.name_or_path:
         decisions.append(Decision("verifier", verifier.name_or_path, OPTION, f"the source names {record.get('name_or_path')!r}"))
         record["name_or_path"] = verifier.name_or_path

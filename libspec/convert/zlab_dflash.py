@@ -57,9 +57,35 @@ def zlab_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> list
 
 def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
     """z-lab DFlash -> speculators dflash: layer ids +1, explicit non-causal block, verifier's head."""
-    config, where = source.config, source.config_path
     if options.norm_before_residual is not None:
         raise SpecError(f"{source.path}: --norm-before-residual is an EAGLE-3 setting; DFlash has no such variant")
+    config = source.config
+    block_size, mask_token_id = _block_and_mask(config, source.config_path)
+    shape = _infer_shape(source.tensors, config, source.config_path)
+    _check_fit(source.config_path, config, shape, mask_token_id, verifier.lm)
+
+    conversion = Conversion(dflash.ALGORITHM, {}, dict(source.tensors))
+    decisions = conversion.decisions
+    target_ids, aux = _aux_layer_ids(source, shape, options, decisions, verifier.lm["num_hidden_layers"])
+    tokens = choose(decisions, "speculative_tokens", options.speculative_tokens, None, block_size - 1, "z-lab's dflash_generate drafts block_size - 1 tokens after the anchor")
+    decisions.append(Decision("sliding_window_non_causal", True, DEFAULT, "z-lab's DFlash attends without a causal mask in every layer (is_causal=False)"))
+
+    dtype = float_dtype(conversion.tensors, "fc.weight")
+    unify_float_dtype(conversion, dtype)
+    choices = dflash.DFlashOptions(aux_layer_ids=aux, block_size=block_size, mask_token_id=mask_token_id, speculative_tokens=int(tokens))
+    record = spec_tools_record(name, source.path, verifier)
+    conversion.config = dflash.make_config(verifier.config, verifier.name_or_path, _draft_layer(config, shape, verifier.lm), choices, dtype_name(dtype), record)
+    conversion.notes.append(f"layer ids: z-lab's target_layer_ids {list(target_ids)} index hidden_states[id + 1], i.e. layer ids {[i + 1 for i in target_ids]}")
+    conversion.notes.append("no embed_tokens or lm_head (as in the source): vLLM shares the verifier's")
+    if "sliding_attention" in (config.get("layer_types") or []):
+        conversion.notes.append("sliding-window layers: the numerical check uses a context shorter than the window")
+    conversion.reference = _reference_builder(source, conversion.config)
+    conversion.reference_name = "z-lab dflash/model.py (DFlashDraftModel)"
+    return conversion
+
+
+def _block_and_mask(config: dict, where) -> tuple[int, int]:
+    """block_size (top level in older z-lab configs, in dflash_config in newer ones) and the mask token."""
     extra = config.get("dflash_config") or {}
     block_size = config.get("block_size") or extra.get("block_size")
     if not isinstance(block_size, int) or block_size < 2:
@@ -67,40 +93,43 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
     mask_token_id = extra.get("mask_token_id", config.get("mask_token_id"))
     if not isinstance(mask_token_id, int):
         raise SpecError(f"{where}: dflash_config.mask_token_id is missing; vLLM needs the mask token to fill the block")
-    lm = verifier.lm
+    return block_size, mask_token_id
+
+
+def _check_fit(where, config: dict, shape: dict, mask_token_id: int, lm: dict) -> None:
+    """Refuse a draft made for another verifier (z-lab records its layer count and vocabulary)."""
     n = lm["num_hidden_layers"]
     if config.get("num_target_layers") not in (None, n):
         raise SpecError(f"{where}: num_target_layers is {config['num_target_layers']} but the verifier has {n} layers (wrong verifier?)")
     if config.get("vocab_size") not in (None, lm["vocab_size"]):
         raise SpecError(f"{where}: vocab_size is {config['vocab_size']} but the verifier's is {lm['vocab_size']} (wrong verifier?)")
-    shape = _infer_shape(source.tensors, config, where)
     if shape["hidden"] != lm["hidden_size"]:
         raise SpecError(f"{where}: the draft's hidden size is {shape['hidden']} but the verifier's is {lm['hidden_size']} (wrong verifier?)")
     if not 0 <= mask_token_id < lm["vocab_size"]:
         raise SpecError(f"{where}: mask_token_id {mask_token_id} is outside the verifier's vocabulary of {lm['vocab_size']}")
 
-    decisions: list[Decision] = []
-    recorded = extra.get("target_layer_ids")
-    target_ids = recorded if recorded else zlab_target_layer_ids(config.get("num_target_layers") or n, shape["num_layers"])
-    if not recorded and options.aux_layer_ids is None:
-        decisions.append(Decision("dflash_config.target_layer_ids", target_ids, DEFAULT, "z-lab's build_target_layer_ids (not recorded in the source)"))
+
+def _aux_layer_ids(source: Source, shape: dict, options: ConvertOptions, decisions: list[Decision], n: int) -> tuple[list[int], tuple[int, ...]]:
+    """z-lab's target_layer_ids (recorded, else its default) and our layer ids (each + 1, or --layers)."""
+    recorded = (source.config.get("dflash_config") or {}).get("target_layer_ids")
+    target_ids = list(recorded) if recorded else zlab_target_layer_ids(source.config.get("num_target_layers") or n, shape["num_layers"])
     if options.aux_layer_ids is None and any(i + 1 >= n for i in target_ids):
-        raise SpecError(f"{where}: target_layer_ids {target_ids} include layer {n - 1}, which z-lab reads after the verifier's final norm; vLLM captures no such state (pass --layers to choose others)")
+        raise SpecError(f"{source.config_path}: target_layer_ids {target_ids} include layer {n - 1}, which z-lab reads after the verifier's final norm; vLLM captures no such state (pass --layers to choose others)")
     ids = tuple(i + 1 for i in target_ids)
     if recorded:
-        aux = tuple(choose(decisions, "aux_hidden_state_layer_ids", options.aux_layer_ids, ids, None, ""))
+        aux = choose(decisions, "aux_hidden_state_layer_ids", options.aux_layer_ids, ids, None, "")
     else:
-        aux = tuple(choose(decisions, "aux_hidden_state_layer_ids", options.aux_layer_ids, None, ids, "z-lab's default target layers, plus one"))
+        aux = choose(decisions, "aux_hidden_state_layer_ids", options.aux_layer_ids, None, ids, "z-lab's build_target_layer_ids (not recorded), each + 1")
+    aux = tuple(aux)
     if list(aux) != sorted(set(aux)) or min(aux) < 1 or max(aux) > n:
         raise SpecError(f"{source.path}: aux layer ids {list(aux)} must be ascending, distinct and within [1, {n}]")
     if len(aux) * shape["hidden"] != source.tensors["fc.weight"].shape[1]:
         raise SpecError(f"{source.path}: {len(aux)} aux layers but fc reads {source.tensors['fc.weight'].shape[1] // shape['hidden']} hidden states")
-    tokens = choose(decisions, "speculative_tokens", options.speculative_tokens, None, block_size - 1, "z-lab's dflash_generate drafts block_size - 1 tokens after the anchor")
-    decisions.append(Decision("sliding_window_non_causal", True, DEFAULT, "z-lab's DFlash attends without a causal mask in every layer (is_causal=False)"))
+    return target_ids, aux
 
-    conversion = Conversion(dflash.ALGORITHM, {}, dict(source.tensors), decisions, [])
-    dtype = float_dtype(conversion.tensors, "fc.weight")
-    unify_float_dtype(conversion, dtype)
+
+def _draft_layer(config: dict, shape: dict, lm: dict) -> dict:
+    """The draft's Qwen3 decoder config: the source's, with shapes read from the tensors."""
     layer = dict(config)
     layer.update(
         {
@@ -110,21 +139,13 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
             "head_dim": shape["head_dim"],
             "intermediate_size": shape["intermediate"],
             "num_hidden_layers": shape["num_layers"],
-            "hidden_act": config.get("hidden_act", "silu"),
+            "hidden_act": "silu",
             "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
             "rope_parameters": rope_parameters(config),
+            "max_position_embeddings": max(config.get("max_position_embeddings") or 0, lm.get("max_position_embeddings") or 0) or 4096,
         }
     )
-    layer["max_position_embeddings"] = max(config.get("max_position_embeddings") or 0, lm.get("max_position_embeddings") or 0) or 4096
-    options_out = dflash.DFlashOptions(aux_layer_ids=aux, block_size=block_size, mask_token_id=mask_token_id, speculative_tokens=int(tokens))
-    conversion.config = dflash.make_config(verifier.config, verifier.name_or_path, layer, options_out, dtype_name(dtype), spec_tools_record(name, source.path, verifier))
-    conversion.notes.append(f"layer ids: z-lab's target_layer_ids {list(target_ids)} index hidden_states[id + 1], i.e. layer ids {[i + 1 for i in target_ids]}")
-    conversion.notes.append("no embed_tokens or lm_head (as in the source): vLLM shares the verifier's")
-    if "sliding_attention" in (config.get("layer_types") or []):
-        conversion.notes.append("sliding-window layers: the numerical check uses a context shorter than the window")
-    conversion.reference = _reference_builder(source, conversion.config)
-    conversion.reference_name = "z-lab dflash/model.py (DFlashDraftModel)"
-    return conversion
+    return layer
 
 
 def _infer_shape(tensors, config: dict, where: str) -> dict:
