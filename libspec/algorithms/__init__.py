@@ -43,4 +43,12 @@ def load_proposer(checkpoint_dir, verifier_model, dtype=None):
         from libspec.algorithms.eagle3_model import load_proposer as load_eagle3
 
         return load_eagle3(checkpoint_dir, verifier_model, dtype)
-    raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: eagle3)")
+    if model_type == "eagle":
+        from libspec.algorithms.eagle_model import load_proposer as load_eagle
+
+        return load_eagle(checkpoint_dir, verifier_model, dtype)
+    if model_type == "dflash":
+        from libspec.algorithms.dflash_model import load_proposer as load_dflash
+
+        return load_dflash(checkpoint_dir, verifier_model, dtype)
+    raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: eagle3, eagle, dflash)")

@@ -132,3 +132,54 @@ class DFlashDraft(nn.Module):
         if missing or unexpected:
             raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, strict=False)
+
+
+class DFlashProposer:
+    """DFlash drafting: one pass over [anchor, mask, ...] after the verified context yields up to
+    block_size - 1 drafts. The context's projected keys/values are recomputed each step (vLLM
+    caches them; the result is the same)."""
+
+    def __init__(self, draft: DFlashDraft):
+        self.draft = draft.eval()
+        self.aux_layer_ids = list(draft.config["aux_hidden_state_layer_ids"])
+        self.block_size, self.mask_token_id = draft.config["block_size"], draft.config["mask_token_id"]
+        self.device = next(draft.parameters()).device
+
+    def start(self, context: torch.Tensor, aux: torch.Tensor | None) -> None:
+        self.context_aux, self.anchor = aux, context[-1]  # the anchor sits right after the context
+
+    @torch.no_grad()
+    def propose(self, k, temperature, generator):
+        if k > self.block_size - 1:
+            raise ValueError(f"a DFlash block of {self.block_size} drafts at most {self.block_size - 1} tokens, not {k}")
+        length = len(self.context_aux)
+        block = torch.full((1, self.block_size), self.mask_token_id, device=self.device)
+        block[0, 0] = self.anchor
+        positions = torch.arange(length + self.block_size, device=self.device)[None]
+        aux = self.context_aux.to(self.draft.fc.weight.dtype)[None]
+        logits = self.draft(block, aux, positions[:, :length], positions[:, length:])[0, 1 : k + 1].float()  # [k, D]
+        if temperature == 0:
+            return self.draft.to_verifier_ids(logits.argmax(dim=-1)), None
+        vocab = self.draft.embed_tokens.num_embeddings
+        probs = torch.zeros(k, vocab, device=self.device)
+        probs[:, self.draft.to_verifier_ids(torch.arange(logits.shape[1], device=self.device))] = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0], probs
+
+    def commit(self, accepted: torch.Tensor, aux: torch.Tensor | None) -> None:
+        self.context_aux = torch.cat([self.context_aux, aux])
+        self.anchor = accepted[-1]
+
+
+def load_proposer(checkpoint_dir, verifier_model, dtype: torch.dtype | None = None) -> DFlashProposer:
+    """A DFlash proposer from a checkpoint folder; absent embed_tokens/lm_head are the verifier's."""
+    from libspec import checkpoint as ckpt
+
+    draft = DFlashDraft(ckpt.read_config(checkpoint_dir))
+    tensors = ckpt.load_tensors(checkpoint_dir)
+    tensors.setdefault("embed_tokens.weight", verifier_model.get_input_embeddings().weight.detach().cpu())
+    if draft.d2t is None:
+        tensors.setdefault("lm_head.weight", verifier_model.get_output_embeddings().weight.detach().cpu())
+    draft.load_checkpoint_tensors(tensors)
+    parameter = next(verifier_model.parameters())
+    draft.to(device=parameter.device, dtype=dtype or parameter.dtype)
+    return DFlashProposer(draft)

@@ -93,3 +93,64 @@ class EagleDraft(nn.Module):
         if missing or unexpected:
             raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, strict=False)
+
+
+class EagleProposer:
+    """EAGLE-1 drafting as vLLM does it: the draft reads the verifier's final hidden state after its
+    norm, and the verifier's lm_head turns the draft's output into logits."""
+
+    def __init__(self, draft: EagleDraft, verifier_norm: nn.Module, lm_head: nn.Module, num_verifier_layers: int):
+        self.draft = draft.eval()
+        self.norm, self.lm_head = verifier_norm, lm_head
+        # Layer id n is the input of the verifier's final norm (SPEC.md §4); the norm is applied here.
+        self.aux_layer_ids = [num_verifier_layers]
+        self.device = next(draft.parameters()).device
+
+    def start(self, context: torch.Tensor, aux: torch.Tensor | None) -> None:
+        self.cache = DraftCache.empty(len(self.draft.layers))
+        self._catch_up(context[1:], aux)  # slot p holds (token p+1, verifier feature at p)
+
+    @torch.no_grad()
+    def _catch_up(self, next_tokens: torch.Tensor, aux: torch.Tensor) -> None:
+        start = self.cache.length
+        positions = torch.arange(start, start + len(next_tokens), device=self.device)[None]
+        features = self.norm(aux.to(self.draft.fc.weight.dtype))[None]
+        out = self.draft(next_tokens[None], features, positions, cache=self.cache)
+        self.committed = self.cache.length
+        self.next_feature = out[:, -1:]
+
+    @torch.no_grad()
+    def propose(self, k, temperature, generator):
+        tokens, probs = [], []
+        feature = self.next_feature
+        for step in range(k):
+            logits = self.lm_head(feature)[0, -1].float()
+            if temperature == 0:
+                token, token_probs = logits.argmax(), None
+            else:
+                token_probs = torch.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(token_probs, 1, generator=generator)[0]
+            tokens.append(token)
+            probs.append(token_probs)
+            if step + 1 < k:
+                position = torch.tensor([[self.cache.length]], device=self.device)
+                feature = self.draft(token.view(1, 1), feature, position, cache=self.cache)
+        return torch.stack(tokens), None if temperature == 0 else torch.stack(probs)
+
+    def commit(self, accepted: torch.Tensor, aux: torch.Tensor | None) -> None:
+        self.cache.crop(self.committed)  # drafted slots were computed from the draft's own features
+        self._catch_up(accepted, aux)
+
+
+def load_proposer(checkpoint_dir, verifier_model, dtype: torch.dtype | None = None) -> EagleProposer:
+    """An EAGLE-1 proposer from a checkpoint folder, sharing the verifier's embedding, norm and lm_head."""
+    from libspec import checkpoint as ckpt
+
+    draft = EagleDraft(ckpt.read_config(checkpoint_dir))
+    tensors = ckpt.load_tensors(checkpoint_dir)
+    tensors.setdefault("embed_tokens.weight", verifier_model.get_input_embeddings().weight.detach().cpu())
+    draft.load_checkpoint_tensors(tensors)
+    parameter = next(verifier_model.parameters())
+    draft.to(device=parameter.device, dtype=dtype or parameter.dtype)
+    decoder = verifier_model.get_decoder()
+    return EagleProposer(draft, decoder.norm, verifier_model.get_output_embeddings(), len(decoder.layers))
