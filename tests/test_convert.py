@@ -127,6 +127,15 @@ def nvidia_source(tmp_path):
     return write_source(tmp_path / "nvidia", config, tensors, kind="sharded")
 
 
+def early_nvidia_source(tmp_path):
+    """ModelOpt exports until 2026-03: SafeAILab's midlayer.* names, no lm_head for a full vocabulary."""
+    w = Weights(8)
+    tensors = {**w.layer("midlayer.", 2 * H, hidden_norm=True), "fc.weight": w.matrix(H, 3 * H), "norm.weight": w.norm(H)}
+    eagle_config = {"eagle_aux_hidden_state_layer_ids": [], "use_aux_hidden_state": True, "use_input_layernorm_in_first_layer": True, "use_last_layernorm": True}
+    config = {**FLAT_LLAMA, "architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": V, "eagle_config": eagle_config}
+    return write_source(tmp_path / "nvidia-early", config, tensors)
+
+
 def eagle1_source(tmp_path, name="eagle1", fc_bias=True, qkv_bias=False, layers=2):
     w = Weights(4)
     tensors = {"fc.weight": w.matrix(H, 2 * H), "embed_tokens.weight": torch.randn(V, H, generator=w.generator)}
@@ -269,6 +278,18 @@ def test_nvidia_export_sharded_bf16_two_layers_t2d_derived(tmp_path, verifier):
     assert result.numeric_check["passed"], result.numeric_check
 
 
+def test_early_nvidia_export_borrows_the_verifiers_lm_head(tmp_path, verifier):
+    with pytest.raises(SpecError, match="no lm_head .* name a local verifier folder with its weights"):
+        run_convert(early_nvidia_source(tmp_path), verifier, tmp_path / "out")
+    local = saved_tiny_verifier(tmp_path / "local-verifier")
+    result = run_convert(early_nvidia_source(tmp_path / "again"), local, tmp_path / "out")
+    assert result.format == "nvidia-eagle3"
+    config, tensors = reloads(result)
+    assert config["eagle_aux_hidden_state_layer_ids"] == [2, 4, 5] and decision(result, "aux_layer_ids")["origin"] == "default"
+    head = safetensors.torch.load_file(str(local / "model.safetensors"))["lm_head.weight"]
+    assert torch.equal(tensors["lm_head.weight"], head) and result.numeric_check["passed"]
+
+
 def test_eagle1_with_fc_bias_folded_into_attention_biases(tmp_path, verifier):
     source = eagle1_source(tmp_path)
     result = run_convert(source / "pytorch_model.bin", verifier, tmp_path / "out")  # a lone weights file, config beside it
@@ -292,6 +313,16 @@ def test_eagle1_check_fails_when_the_fc_bias_is_dropped_instead_of_folded(tmp_pa
     with pytest.raises(SpecError, match="does not reproduce the source"):
         run_convert(eagle1_source(tmp_path), verifier, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_lone_pt_file_with_its_config_elsewhere(tmp_path, verifier):
+    source = eagle1_source(tmp_path)
+    (tmp_path / "weights").mkdir()
+    (source / "pytorch_model.bin").rename(tmp_path / "weights" / "draft.pt")
+    with pytest.raises(SpecError, match="pass --config"):
+        run_convert(tmp_path / "weights" / "draft.pt", verifier, tmp_path / "out")
+    result = run_convert(tmp_path / "weights" / "draft.pt", verifier, tmp_path / "out", config_path=str(source / "config.json"))
+    assert result.format == "safeailab-eagle" and result.numeric_check["passed"]
 
 
 def test_hass_with_qkv_bias_and_its_own_default_depth(tmp_path, verifier):

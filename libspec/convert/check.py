@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import safetensors
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +18,7 @@ from libspec import checkpoint as ckpt
 from libspec.algorithms.dflash_model import DFlashDraft
 from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
 from libspec.algorithms.eagle_model import EagleDraft
-from libspec.convert.common import Conversion, Verifier
+from libspec.convert.common import Conversion, Verifier, verifier_tensor
 
 # Relative to the largest |logit|: float32 with different operation orders agrees to ~1e-6.
 TOLERANCE = 1e-4
@@ -70,17 +69,11 @@ def _sizes(algorithm: str, config: dict) -> tuple[int, int]:
 
 def borrowed_weights(verifier: Verifier, hidden: int, vocab: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
     """embed_tokens and lm_head of the verifier (local weights), or random stand-ins of that shape."""
-    found = {}
-    for path in verifier.weight_files:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                for wanted in ("embed_tokens.weight", "lm_head.weight"):
-                    if name.endswith(wanted) and wanted not in found:
-                        found[wanted] = handle.get_tensor(name).float()
-    if "embed_tokens.weight" in found and "lm_head.weight" not in found:
+    found = {name: verifier_tensor(verifier, name) for name in ("embed_tokens.weight", "lm_head.weight")}
+    if found["lm_head.weight"] is None:
         found["lm_head.weight"] = found["embed_tokens.weight"]  # tied embeddings
-    if all(found.get(n) is not None and tuple(found[n].shape) == (vocab, hidden) for n in ("embed_tokens.weight", "lm_head.weight")):
-        return found, "the verifier's embed_tokens and lm_head"
+    if all(t is not None and tuple(t.shape) == (vocab, hidden) for t in found.values()):
+        return {name: t.float() for name, t in found.items()}, "the verifier's embed_tokens and lm_head"
     stand_ins = {
         "embed_tokens.weight": torch.randn(vocab, hidden, generator=generator),
         "lm_head.weight": torch.randn(vocab, hidden, generator=generator) / hidden**0.5,

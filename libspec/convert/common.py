@@ -78,6 +78,18 @@ class Conversion:
         return [asdict(d) for d in self.decisions]
 
 
+def verifier_tensor(verifier: Verifier, suffix: str) -> torch.Tensor | None:
+    """One tensor of the verifier's local weights, found by name suffix (e.g. "lm_head.weight")."""
+    import safetensors
+
+    for path in verifier.weight_files:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                if name.endswith(suffix):
+                    return handle.get_tensor(name)
+    return None
+
+
 def load_verifier(name_or_path: str) -> Verifier:
     """The verifier's config (and folder): a local folder or a Hub id in the local cache."""
     directory = resolve_model_dir(name_or_path)

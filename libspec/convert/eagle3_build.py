@@ -27,6 +27,7 @@ from libspec.convert.common import (
     spec_tools_record,
     t2d_from_d2t,
     unify_float_dtype,
+    verifier_tensor,
 )
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
@@ -76,6 +77,7 @@ def build_eagle3(
     how the source's own forward reads its original tensors (for the numerical check)."""
     conversion = Conversion("eagle3", {}, dict(tensors))
     tensors, decisions = conversion.tensors, conversion.decisions
+    _borrow_lm_head(tensors, verifier, decisions, source.path)
     shape = _infer_shape(tensors, facts.layer, source.path)
     _check_fit(source.path, shape, facts.layer, tensors, verifier.lm)
     _settle_vocab_maps(tensors, verifier.lm["vocab_size"], decisions, conversion.notes, source.path)
@@ -114,6 +116,19 @@ def build_eagle3(
     if "embed_tokens.weight" not in tensors:
         conversion.notes.append("the source has no embed_tokens: vLLM shares the verifier's embedding")
     return conversion
+
+
+def _borrow_lm_head(tensors, verifier: Verifier, decisions, where: str) -> None:
+    """A full-vocabulary source may leave lm_head to the verifier; our format stores it (SPEC.md §11.2)."""
+    if "lm_head.weight" in tensors or "d2t" in tensors:
+        return
+    head = verifier_tensor(verifier, "lm_head.weight")
+    if head is None and verifier.config.get("tie_word_embeddings"):
+        head = verifier_tensor(verifier, "embed_tokens.weight")
+    if head is None:
+        raise SpecError(f"{where}: no lm_head (the source uses the verifier's); name a local verifier folder with its weights so it can be copied")
+    tensors["lm_head.weight"] = head
+    decisions.append(Decision("lm_head.weight", list(head.shape), DERIVED, "the source reads the verifier's lm_head; copied from the verifier's weights"))
 
 
 def _check_fit(where: str, shape: dict, layer: dict, tensors, lm: dict) -> None:

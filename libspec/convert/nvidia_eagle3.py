@@ -2,9 +2,10 @@
 `modelopt/torch/export/plugins/hf_spec_export.py`: "official" EAGLE layout).
 
 Layout: config `LlamaForCausalLMEagle3` with an `eagle_config` block (`use_aux_hidden_state`,
-`eagle_aux_hidden_state_layer_ids`, `use_last_layernorm`, ...); weights already named
-`layers.{i}.*` with `layers.0.hidden_norm`, plus `fc`, `norm`, `lm_head` (the verifier's when
-the draft has none) and `d2t` without `t2d`. ModelOpt's layer ids are 0-based layer *outputs*
+`eagle_aux_hidden_state_layer_ids`, `use_last_layernorm`, ...); weights `fc`, `norm`, `d2t`
+without `t2d`, and the layers under SafeAILab's `midlayer.*` names (exports until 2026-03, where
+`lm_head` is written only for a reduced vocabulary) or as `layers.{i}.*` with
+`layers.0.hidden_norm` (later exports, which always write `lm_head`). ModelOpt's layer ids are 0-based layer *outputs*
 (a forward hook on layer k), i.e. our id k+1; its default {1, n//2-1, n-4} is our [2, n//2, n-3].
 
 ModelOpt's EagleModule as exported (0.35) normalises the hidden half with `hidden_norm` only and
@@ -18,18 +19,21 @@ from __future__ import annotations
 from libspec.convert.common import Conversion, ConvertOptions, Verifier
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, layer_facts
 from libspec.convert.reference import Eagle3Layout
+from libspec.convert.safeailab_eagle3 import rename
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
 NAME = "nvidia-eagle3"
-SIGNATURE = "eagle_config with use_aux_hidden_state and layers.0.hidden_norm.weight (NVIDIA Model Optimizer export)"
+SIGNATURE = "eagle_config with use_aux_hidden_state, layers under midlayer.* or layers.0.* (NVIDIA Model Optimizer export)"
 # ModelOpt trains eagle_ttt_steps=3 and its vLLM export template drafts 3 tokens.
 DEFAULT_TOKENS = 3
 
 
 def matches(source: Source) -> bool:
+    """ModelOpt's own eagle_config keys, under either naming."""
     eagle_config = source.config.get("eagle_config")
-    return isinstance(eagle_config, dict) and "use_aux_hidden_state" in eagle_config and source.has("layers.0.hidden_norm.weight")
+    named = source.has("layers.0.hidden_norm.weight") or source.any_prefix("midlayer.")
+    return isinstance(eagle_config, dict) and "use_aux_hidden_state" in eagle_config and named
 
 
 def modelopt_default_aux(num_layers: int) -> tuple[int, ...]:
@@ -62,8 +66,10 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
         norm_output=False,  # ModelOpt feeds eagle_prenorm_h back
         layer=layer_facts(source.config),
     )
-    layout = Eagle3Layout(first_layer="layers.0.")
-    conversion = build_eagle3(source, dict(source.tensors), verifier, options, name, facts, layout, "NVIDIA ModelOpt EagleModule (EAGLE-3)")
+    first_layer = "midlayer." if source.any_prefix("midlayer.") else "layers.0."
+    tensors = {rename(key): value for key, value in source.tensors.items()}
+    layout = Eagle3Layout(first_layer=first_layer)
+    conversion = build_eagle3(source, tensors, verifier, options, name, facts, layout, "NVIDIA ModelOpt EagleModule (EAGLE-3)")
     if recorded:
         conversion.notes.append(f"layer ids: ModelOpt's eagle_config records layer outputs {list(recorded)}, which are layer ids {[i + 1 for i in recorded]}")
     return conversion
