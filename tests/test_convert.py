@@ -518,9 +518,13 @@ def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, 
 # ---- upstream speculators loads what we write (when it is installed) ---------------------------
 
 
-@pytest.mark.parametrize("make", [safeailab_eagle3_source, zlab_dflash_source])
-def test_upstream_speculators_loads_the_result(tmp_path, verifier, make):
+@pytest.mark.parametrize("make", [safeailab_eagle3_source, specforge_source, nvidia_source, legacy_speculators_source, zlab_dflash_source])
+def test_upstream_speculators_loads_the_result(tmp_path, make):
+    """Upstream reads the verifier's weights when loading, so the verifier here is a saved model."""
     speculators = pytest.importorskip("speculators")
+    verifier = saved_tiny_verifier(tmp_path / "verifier")
     result = run_convert(make(tmp_path), verifier, tmp_path / "out")
     model = speculators.SpeculatorModel.from_pretrained(result.output)
-    assert model is not None
+    state = model.state_dict()
+    for name, tensor in ckpt.load_tensors(result.output).items():
+        assert torch.equal(state[name].to(tensor.dtype), tensor), name
