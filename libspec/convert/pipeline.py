@@ -5,13 +5,12 @@ move it into place. A failed check leaves the output path as it was."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from libspec import checkpoint as ckpt
+from libspec.atomic import atomic_directory
 from libspec.algorithms import algorithm_for
 from libspec.convert.check import numeric_check
 from libspec.convert.common import ConvertOptions, load_verifier
@@ -69,8 +68,8 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     if problems:
         raise SpecError(f"{request.input}: does not fit the verifier {request.verifier}: {'; '.join(problems)}")
 
-    staging = output.parent / f".{output.name}.converting-{os.getpid()}"
-    try:
+    # Written and checked in a staging folder that replaces OUTPUT only when every check passed.
+    with atomic_directory(output) as staging:
         progress("writing")
         ckpt.write_checkpoint(staging, conversion.config, conversion.tensors)
         progress("validating")
@@ -84,9 +83,6 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
                 f"the converted draft does not reproduce the source: max |logit difference| {check.max_abs_diff:.3g} "
                 f"against the {check.reference} reference (largest |logit| {check.max_abs_logit:.3g}); nothing was written"
             )
-        ckpt.move_into_place(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     k = _speculative_tokens(conversion.algorithm, conversion.config)
     acceptance = None
