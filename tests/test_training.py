@@ -189,3 +189,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(setup, tmp_p
     assert validate(str(tmp_path / mode / final)).ok
     a, b = weights(tmp_path / mode / final), weights(single / final)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_validate_checks_aux_layers_against_what_training_recorded(setup, tmp_path):
+    out = tmp_path / "run"
+    train(config(setup, out, epochs=1))
+    folder = out / "checkpoint-epoch-0"
+    config_json = ckpt.read_config(folder)
+    config_json["eagle_aux_hidden_state_layer_ids"] = [1, 3]
+    (folder / "config.json").write_text(json.dumps(config_json))
+    report = validate(str(folder))
+    assert any("[3] not among the layers the training data captured [1, 2, 4]" in p for p in report.problems), report.problems
+    config_json["eagle_aux_hidden_state_layer_ids"] = [1, 9]
+    (folder / "config.json").write_text(json.dumps(config_json))
+    assert any("must lie in [0, 4]" in p for p in validate(str(folder)).problems)
