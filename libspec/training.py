@@ -142,7 +142,11 @@ class Run:
 def prepare(config: TrainConfig, stdin=None) -> Run:
     """Open and check the data against the verifier, choose layers and vocabulary, build the draft config."""
     check_config(config)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"--device {config.device}: no CUDA device is available here (use cpu or auto)")
     topology = distributed.init_topology(config.device)
+    if topology.distributed and config.data == "-":
+        raise SpecError("--data -: under torchrun stdin reaches one process only; give a data set directory or a stream file")
     table = open_sample_table(config.data, stdin)
     data_verifier = table.header["verifier"]
     verifier = fingerprint_verifier(config.verifier)
