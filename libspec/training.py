@@ -32,11 +32,11 @@ import libspec
 from libspec import distributed
 from libspec.algorithms import eagle3
 from libspec.algorithms.eagle3_model import Eagle3Draft
-from libspec.algorithms.eagle3_train import LOSSES, TTT_INPUTS, Eagle3Objective, TTTOptions, derive_metrics
+from libspec.algorithms.eagle3_train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS, Eagle3Objective, TTTOptions, derive_metrics
 from libspec.atomic import write_text_atomic
 from libspec.checkpoint import write_checkpoint
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_differences, fingerprint_verifier, text_config
+from libspec.fingerprint import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
 from libspec.packing import PackedBatch, build_batch, is_validation_record, num_queries, plan_epoch
 from libspec.sample_table import SampleTable, open_sample_table
 from libspec.teacher import VerifierHead, load_verifier_head
@@ -71,6 +71,7 @@ class TrainConfig:
     loss: str = "kl"
     step_decay: float = 1.0
     ttt_inputs: str = "data"
+    ttt_weighting: str = "uniform"
     # optimisation
     tokens_per_batch: int = 2048
     grad_accum: int = 1
@@ -91,7 +92,7 @@ class TrainConfig:
     save_dtype: str = "bfloat16"
 
     def ttt(self) -> TTTOptions:
-        return TTTOptions(self.ttt_steps, self.loss, self.step_decay, self.ttt_inputs)
+        return TTTOptions(self.ttt_steps, self.loss, self.step_decay, self.ttt_inputs, self.ttt_weighting)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -99,13 +100,14 @@ class TrainConfig:
         return data
 
 
-# Fields that may differ between a run and its resumption (where the output is, not what it is).
-RESUMABLE_DIFFERENCES = ("output",)
+# Fields that may differ between a run and its resumption: where things are, not what they are (the
+# data's identity is its fingerprint, compared separately; the verifier's is checked against the data).
+RESUMABLE_DIFFERENCES = ("output", "data", "verifier")
 
 
 def check_config(config: TrainConfig) -> None:
     """Reject option values that cannot work, before any data is read."""
-    choices = {"loss": LOSSES, "ttt_inputs": TTT_INPUTS, "schedule": ("cosine", "linear", "constant"),
+    choices = {"loss": LOSSES, "ttt_inputs": TTT_INPUTS, "ttt_weighting": TTT_WEIGHTINGS, "schedule": ("cosine", "linear", "constant"),
                "layer_style": tuple(eagle3.VLLM_ARCHITECTURES), "precision": ("auto", "fp32", "bf16"),
                "save_dtype": ("bfloat16", "float32", "float16"), "algorithm": ("eagle3",)}  # fmt: skip
     for name, allowed in choices.items():
@@ -148,26 +150,10 @@ def prepare(config: TrainConfig, stdin=None) -> Run:
     if topology.distributed and config.data == "-":
         raise SpecError("--data -: under torchrun stdin reaches one process only; give a data set directory or a stream file")
     table = open_sample_table(config.data, stdin)
-    data_verifier = table.header["verifier"]
-    verifier = fingerprint_verifier(config.verifier)
-    differences = fingerprint_differences(verifier, _fingerprint_from_dict(data_verifier))
-    if differences:
-        raise SpecError(f"{config.data}: made with another verifier than {config.verifier} ({'; '.join(differences)})")
-    head = load_verifier_head(config.verifier)
+    head = _verifier_for(table, config)
     lm = text_config(head.config)
-    depth, hidden_size = lm["num_hidden_layers"], lm["hidden_size"]
-    if table.header["hidden_states"]["hidden_size"] != hidden_size:
-        raise SpecError(f"{config.data}: hidden size {table.header['hidden_states']['hidden_size']}, the verifier's is {hidden_size}")
-    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else eagle3.default_aux_layer_ids(depth)
-    if aux != sorted(set(aux)) or any(not 0 <= i <= depth for i in aux):
-        raise SpecError(f"--aux-layer-ids {aux}: expected ascending distinct ids in [0, {depth}]")
-    captured = table.layer_ids
-    missing = [i for i in aux if i not in captured]
-    if missing:
-        raise SpecError(f"{config.data}: captured layers {captured} lack aux layer(s) {missing}; recapture with them or pass --aux-layer-ids from {captured}")
-    if depth not in captured:
-        raise SpecError(f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs")
-
+    depth = lm["num_hidden_layers"]
+    aux = _aux_layers(config, table.layer_ids, depth)
     train_indices, val_indices = [], []
     for index, record in enumerate(table.records):
         (val_indices if is_validation_record(record["id"], config.val_fraction) else train_indices).append(index)
@@ -192,25 +178,45 @@ def prepare(config: TrainConfig, stdin=None) -> Run:
     spec_tools = {
         "version": libspec.__version__,
         "format_version": libspec.FORMAT_VERSION,
-        "verifier": data_verifier,
+        "verifier": table.header["verifier"],
         "dataset": {
             "fingerprint": table.fingerprint,
             "kind": table.kind,
-            "layer_ids": captured,
+            "layer_ids": table.layer_ids,
             "num_records": len(table.records),
             "num_tokens": sum(len(r["input_ids"]) for r in table.records),
         },
         "training": {"config": config.to_dict()},
     }
     draft_config = eagle3.make_config(head.config, _verifier_name(config.verifier), options, config.save_dtype, spec_tools)
-    columns = ([captured.index(i) for i in aux], captured.index(depth))
+    columns = ([table.layer_ids.index(i) for i in aux], table.layer_ids.index(depth))
     return Run(config, topology, table, head, aux, vocab, draft_config, train_indices, val_indices, columns)
 
 
-def _fingerprint_from_dict(data: dict):
-    from libspec.fingerprint import VerifierFingerprint
+def _verifier_for(table: SampleTable, config: TrainConfig) -> VerifierHead:
+    """The verifier's head, once the data is shown to come from it (fingerprint, hidden size)."""
+    data_verifier = VerifierFingerprint.from_dict(table.header["verifier"])
+    differences = fingerprint_differences(fingerprint_verifier(config.verifier), data_verifier)
+    if differences:
+        raise SpecError(f"{config.data}: made with another verifier than {config.verifier} ({'; '.join(differences)})")
+    head = load_verifier_head(config.verifier)
+    hidden_size, data_hidden = text_config(head.config)["hidden_size"], table.header["hidden_states"]["hidden_size"]
+    if data_hidden != hidden_size:
+        raise SpecError(f"{config.data}: hidden size {data_hidden}, the verifier's is {hidden_size}")
+    return head
 
-    return VerifierFingerprint.from_dict(data)
+
+def _aux_layers(config: TrainConfig, captured: list[int], depth: int) -> list[int]:
+    """The aux layer ids (requested or EAGLE-3's default), checked against what the data captured."""
+    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else eagle3.default_aux_layer_ids(depth)
+    if aux != sorted(set(aux)) or any(not 0 <= i <= depth for i in aux):
+        raise SpecError(f"--aux-layer-ids {aux}: expected ascending distinct ids in [0, {depth}]")
+    missing = [i for i in aux if i not in captured]
+    if missing:
+        raise SpecError(f"{config.data}: captured layers {captured} lack aux layer(s) {missing}; recapture with them or pass --aux-layer-ids from {captured}")
+    if depth not in captured:
+        raise SpecError(f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs")
+    return aux
 
 
 def _verifier_name(given: str) -> str:

@@ -213,3 +213,12 @@ def test_document_spans_attend_like_the_dense_ttt_mask():
             logits, hidden = draft(batch.tokens, hidden, batch.positions + step, mask, cache)
         outputs[kind] = logits
     torch.testing.assert_close(outputs["spans"], outputs["dense"], rtol=1e-5, atol=1e-5)
+
+
+def test_reach_weighting_leaves_step_0_and_shrinks_later_steps():
+    draft = random_draft()
+    batch = build_batch(documents([12, 9]), [0, 1], 2, max_queries=64)
+    uniform = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3))(batch)[1]
+    reach = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3, weighting="reach"))(batch)[1]
+    assert torch.isclose(reach["loss_sum_0"], uniform["loss_sum_0"])
+    assert reach["loss_sum_1"] < uniform["loss_sum_1"] and reach["loss_sum_2"] < reach["loss_sum_1"]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from libspec.algorithms.eagle3_train import LOSSES, TTT_INPUTS
+from libspec.algorithms.eagle3_train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS
 from libspec.training import TrainConfig, TrainResult, train
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ttt.add_argument("--loss", default="kl", choices=LOSSES, help="kl: forward KL to the verifier; tv: total variation; lk: LK hybrid (default kl)")
     ttt.add_argument("--step-decay", type=float, default=1.0, metavar="G", help="TTT step s weighs G**s (default 1.0)")
     ttt.add_argument("--ttt-inputs", default="data", choices=TTT_INPUTS, help="tokens fed to later steps: the data's or the draft's own argmax (default data)")
+    ttt.add_argument("--ttt-weighting", default="uniform", choices=TTT_WEIGHTINGS,
+                     help="reach: weigh each later step by the chance the draft's chain gets there (default uniform)")  # fmt: skip
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--tokens-per-batch", type=int, default=2048, metavar="T", help="draft queries packed per batch and process (default 2048)")
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         aux_layer_ids=None if args.aux_layer_ids is None else tuple(args.aux_layer_ids),
         draft_vocab_size=args.draft_vocab_size, norm_before_residual=args.norm_before_residual,
         norm_before_fc=args.norm_before_fc, fc_norm=args.fc_norm, norm_output=args.norm_output,
-        ttt_steps=args.ttt_steps, loss=args.loss, step_decay=args.step_decay, ttt_inputs=args.ttt_inputs,
+        ttt_steps=args.ttt_steps, loss=args.loss, step_decay=args.step_decay, ttt_inputs=args.ttt_inputs, ttt_weighting=args.ttt_weighting,
         tokens_per_batch=args.tokens_per_batch, grad_accum=args.grad_accum, epochs=args.epochs,
         max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed, val_fraction=args.val_fraction,

@@ -26,6 +26,7 @@ from libspec.teacher import Teacher
 
 LOSSES = ("kl", "tv", "lk")
 TTT_INPUTS = ("data", "draft")
+TTT_WEIGHTINGS = ("uniform", "reach")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TTTOptions:
     loss: str = "kl"  # kl: forward KL to the teacher; tv: total variation (1 - acceptance); lk: LK hybrid of both
     step_decay: float = 1.0  # step s weighs step_decay**s
     inputs: str = "data"  # tokens fed to steps >= 1: the data's (teacher forcing) or the draft's own argmax
+    weighting: str = "uniform"  # reach: weigh query j at step s by the chance its chain gets there, prod of sum(min(p, q))
 
 
 class Eagle3Objective(nn.Module):
@@ -72,6 +74,7 @@ class Eagle3Objective(nn.Module):
         tokens = batch.tokens
         cache = DraftCache.empty(len(draft.layers))
         chain_alive = batch.loss_mask[0].clone()  # drafts start only at supervised tokens, as at inference
+        reach = torch.ones(length, device=hidden.device)  # chance the draft's chain from query j gets to this step
         loss = torch.zeros((), device=hidden.device)
         counts: dict[str, torch.Tensor] = {}
         for step in range(options.steps):
@@ -83,8 +86,13 @@ class Eagle3Objective(nn.Module):
             scored = trained[step][rows]  # which of the computed rows this step trains (all, unless self-fed)
             teacher_rows = target_row[rows[scored] + step]
             step_logits = logits if options.inputs == "data" else logits[scored]
-            step_loss = token_loss(step_logits, teacher.select(teacher_rows), options.loss).sum() / max(len(teacher_rows), 1)
+            step_teacher = teacher.select(teacher_rows)
+            weight = reach[rows[scored]] if options.weighting == "reach" else 1.0
+            step_loss = (token_loss(step_logits, step_teacher, options.loss) * weight).sum() / max(len(teacher_rows), 1)
             loss = loss + options.step_decay**step * step_loss
+            if options.weighting == "reach":
+                accept = torch.minimum(step_teacher.probs, F.softmax(step_logits.detach().float(), dim=-1)).sum(-1)
+                reach = torch.zeros_like(reach).index_put_((rows[scored],), reach[rows[scored]] * accept)
 
             drafted = draft.to_verifier_ids(logits.max(-1).indices)  # [R] verifier ids
             correct = torch.zeros(length, dtype=torch.bool, device=rows.device)
