@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help='extra spec-train runs, e.g. tv=\'{"loss": "tv"}\' (repeatable)')  # fmt: skip
     parser.add_argument("--no-default", action="store_true", help="skip spec-train with default options")
+    parser.add_argument("--speed-rounds", type=int, default=3, help="alternating short runs for the tokens/s ratio (0: none)")
+    parser.add_argument("--speed-steps", type=int, default=8, help="steps per speed run")
+    parser.add_argument("--speed-only", action="store_true", help="only the interleaved tokens/s rounds")
     parser.add_argument("--upstream-python", default=os.environ.get("SPEC_UPSTREAM_PYTHON"))
     parser.add_argument("--work", default=None, help="where runs go (default: a fresh folder under the cache)")
     parser.add_argument("--json", action="store_true")
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     common = {"tokens_per_batch": args.tokens_per_batch, "seed": args.seed, "ttt_steps": args.k}
     variants = ([] if args.no_default else [("spec-train", {})]) + [_variant(v) for v in args.variant]
 
+    if args.speed_only:
+        print(json.dumps(interleaved_speed(args, data, verifier_dir, work, env, common), indent=2))
+        return
     results = []
     for name, options in variants:
         _say(f"training {name} for {args.steps} steps")
@@ -245,12 +251,34 @@ def main(argv: list[str] | None = None) -> None:
     else:
         _say("no --upstream-python / SPEC_UPSTREAM_PYTHON: upstream side skipped")
 
+    speed = None
+    if args.speed_rounds and args.upstream_python and not args.no_default:
+        speed = interleaved_speed(args, data, verifier_dir, work, env, common)
     _say("measuring acceptance on held-out prompts")
     report = acceptance_report(verifier_dir, data, results, args)
+    report["interleaved_speed"] = speed
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+
+
+def interleaved_speed(args, data: Path, verifier_dir: Path, work: Path, env: dict, common: dict) -> dict:
+    """Training tokens/s of ours and upstream (its default, Muon) in alternating short runs, so that
+    both see the same background load; the ratio of medians is the figure to quote."""
+    ours, theirs = [], []
+    for round_index in range(args.speed_rounds):
+        _say(f"interleaved speed round {round_index + 1}/{args.speed_rounds}")
+        out = work / f"speed-{round_index}"
+        command = [sys.executable, "-m", "tools.bench_train", "worker", "--data", str(data), "--verifier", str(verifier_dir),
+                   "-o", str(out / "ours"), "--steps", str(args.speed_steps), "--threads", str(args.threads), "--options", json.dumps(common)]  # fmt: skip
+        ours.append(run_child(command, env)["tokens_per_s"])
+        command = [args.upstream_python, "-m", "tools.bench_train_upstream", "--data", str(data), "--verifier", str(verifier_dir),
+                   "-o", str(out / "upstream"), "--steps", str(args.speed_steps), "--tokens-per-batch", str(args.tokens_per_batch),
+                   "--seed", str(args.seed), "--ttt-steps", str(args.k), "--threads", str(args.threads)]  # fmt: skip
+        theirs.append(run_child(command, env)["tokens_per_s"])
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return {"ours_tokens_per_s": ours, "upstream_tokens_per_s": theirs, "ratio_of_medians": median(ours) / median(theirs)}
 
 
 def _variant(text: str) -> tuple[str, dict]:
@@ -335,6 +363,10 @@ def print_report(report: dict) -> None:
             f"{tokens_per_s / upstream['tokens_per_s']:.2f}×" if upstream and tokens_per_s else "",
         )
     Console().print(table)
+    speed = report.get("interleaved_speed")
+    if speed:
+        Console().print(f"interleaved tokens/s (alternating runs, same load): ours {speed['ours_tokens_per_s']}, upstream "
+                        f"{speed['upstream_tokens_per_s']} → ratio of medians {speed['ratio_of_medians']:.2f}×")  # fmt: skip
 
 
 if __name__ == "__main__":
