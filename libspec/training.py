@@ -260,10 +260,15 @@ class TrainResult:
     checkpoints: list[str]
 
 
-def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None) -> TrainResult:
-    """Run (or resume) the training described by `config`; returns where things are and the last metrics."""
+def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None, command: str | None = None) -> TrainResult:
+    """Run (or resume) the training described by `config`; returns where things are and the last metrics.
+
+    `command` (the command line, if any) is recorded in every checkpoint next to the config.
+    """
     emit = on_event or (lambda kind, payload: None)
     run = prepare(config, stdin)
+    if command is not None:
+        run.draft_config["spec_tools"]["training"]["command"] = command
     topology = run.topology
     out = Path(config.output)
     if topology.is_main:

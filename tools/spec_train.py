@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"
     display = LiveDisplay(enabled=main_rank and not args.json)
     with display:
-        result = train(config, on_event=display.event)
+        result = train(config, on_event=display.event, command=shlex.join(["spec-train", *(sys.argv[1:] if argv is None else argv)]))
     if main_rank:
         if args.json:
             print_json(summary(result))
