@@ -169,6 +169,7 @@ def test_kill_9_mid_epoch_then_the_same_command_ends_with_identical_weights(setu
     final = "checkpoint-epoch-1"
     a, b = weights(tmp_path / "whole" / final), weights(out / final)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+    assert ckpt.read_config(out / final)["spec_tools"]["training"]["command"].startswith("spec-train --data ")
     assert [s["loss"] for s in metric_lines(out)] == [s["loss"] for s in metric_lines(tmp_path / "whole")]
 
 
