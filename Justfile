@@ -21,7 +21,7 @@ format-examples:
 demo:
     spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
 
-# spec-train vs upstream speculators 0.9.0's EAGLE-3 trainer, side by side (upstream needs
-# SPEC_UPSTREAM_PYTHON, a venv with speculators installed); e.g. ./just bench-train --steps 300
+# Upstream runs in $SPEC_UPSTREAM_PYTHON (a venv with speculators 0.9.0); without it only our side runs.
+# spec-train vs upstream speculators' EAGLE-3 trainer: tokens/s, peak memory, held-out tau
 bench-train *ARGS:
     python -m tools.bench_train {{ARGS}}

@@ -95,14 +95,15 @@ def pattern_records(count: int, vocab: int, seed: int = 0, min_len: int = 12, ma
 def greedy_records(model, count: int, prompt_len: int = 4, new_tokens: int = 28, seed: int = 0) -> list[dict]:
     """Records whose replies are the verifier's own greedy continuations of random prompts (regenerated data)."""
     generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    records = []
-    for index in range(count):
-        ids = torch.randint(0, vocab, (prompt_len,), generator=generator).tolist()
-        for _ in range(new_tokens):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-        records.append({"id": f"g{seed}-{index}", "input_ids": ids, "loss_mask": [0] * prompt_len + [1] * new_tokens})
-    return records
+    prompts = torch.randint(0, model.config.vocab_size, (count, prompt_len), generator=generator)
+    ids = prompts
+    if new_tokens:  # one batched, KV-cached greedy generation; eos is ignored so every reply is full length
+        ids = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)  # fmt: skip
+    return [
+        {"id": f"g{seed}-{index}", "input_ids": row.tolist(), "loss_mask": [0] * prompt_len + [1] * (len(row) - prompt_len)}
+        for index, row in enumerate(ids)
+    ]
 
 
 def greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
