@@ -160,11 +160,19 @@ def worker(argv: list[str]) -> None:
                       "losses": [s["loss"] for s in steps], "checkpoint": result.checkpoints[-1]}))  # fmt: skip
 
 
-def run_child(command: list[str], env: dict) -> dict:
+def run_child(command: list[str], env: dict, output: Path | None = None) -> dict:
+    """Run a training worker; its JSON result is kept in OUTPUT/result.json and reused by a rerun with the same --work."""
+    saved = None if output is None else output / "result.json"
+    if saved is not None and saved.is_file():
+        _say(f"reusing {saved}")
+        return json.loads(saved.read_text())
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench-train: {' '.join(command[:3])} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    if saved is not None:
+        saved.write_text(json.dumps(document))
+    return document
 
 
 # ---- acceptance -------------------------------------------------------------------------------
@@ -212,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help='extra spec-train runs, e.g. tv=\'{"loss": "tv"}\' (repeatable)')  # fmt: skip
     parser.add_argument("--no-default", action="store_true", help="skip spec-train with default options")
+    parser.add_argument("--no-upstream", action="store_true", help="skip the upstream runs")
     parser.add_argument("--speed-rounds", type=int, default=3, help="alternating short runs for the tokens/s ratio (0: none)")
     parser.add_argument("--speed-steps", type=int, default=8, help="steps per speed run")
     parser.add_argument("--speed-only", action="store_true", help="only the interleaved tokens/s rounds")
@@ -238,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "tools.bench_train", "worker", "--data", str(data), "--verifier", str(verifier_dir),
                    "-o", str(work / name), "--steps", str(args.steps), "--threads", str(args.threads),
                    "--options", json.dumps({**common, **options})]  # fmt: skip
-        results.append({"name": name, "options": options, **run_child(command, env)})
-    if args.upstream_python:
+        results.append({"name": name, "options": options, **run_child(command, env, work / name)})
+    if args.upstream_python and not args.no_upstream:
         # Upstream as its CLI runs by default (Muon), and with AdamW (spec-train's optimizer) so the
         # comparison is not only one of optimizers.
         for name, optimizer in (("upstream", "muon"), ("upstream-adamw", "adamw")):
@@ -247,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             command = [args.upstream_python, "-m", "tools.bench_train_upstream", "--data", str(data), "--verifier", str(verifier_dir),
                        "-o", str(work / name), "--steps", str(args.steps), "--tokens-per-batch", str(args.tokens_per_batch),
                        "--seed", str(args.seed), "--ttt-steps", str(args.k), "--threads", str(args.threads), "--optimizer", optimizer]  # fmt: skip
-            results.append({"name": name, "options": {"optimizer": optimizer}, **run_child(command, env)})
+            results.append({"name": name, "options": {"optimizer": optimizer}, **run_child(command, env, work / name)})
     else:
         _say("no --upstream-python / SPEC_UPSTREAM_PYTHON: upstream side skipped")
 
