@@ -90,6 +90,10 @@ class DatasetWriter:
         elif self.directory.exists() and any(self.directory.iterdir()):
             raise SpecError(f"{self.directory}: exists and is not empty; refusing to write a data set over it")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not manifest_path.exists():
+            # Claim the directory at once, so a crash before the first shard still leaves a data
+            # set that a rerun can resume (instead of a non-empty directory it must refuse).
+            self._write_manifest(complete=False)
 
     def _check_same_header(self, manifest: dict) -> None:
         for key in ("verifier", "hidden_states"):
@@ -107,6 +111,23 @@ class DatasetWriter:
     def num_records(self) -> int:
         """Records committed so far (including those of earlier runs when resuming)."""
         return sum(s["num_records"] for s in self.shards)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Stored bytes of the samples queued for the next shard (writers that flush themselves use it)."""
+        return self._pending_bytes
+
+    @property
+    def metadata(self) -> dict:
+        """The header's free-form metadata as it will be written (resumed from the manifest when resuming)."""
+        return self.header["metadata"]
+
+    def update_metadata(self, values: dict) -> None:
+        """Merge `values` into the header metadata; written with the next manifest (flush or close).
+
+        Lets a producer record its own resume bookkeeping next to the shards it describes.
+        """
+        self.header = {**self.header, "metadata": {**self.header["metadata"], **values}}
 
     def add(self, record: dict, hidden: torch.Tensor) -> None:
         """Queue one sample; `hidden` is float [tokens, len(layer_ids), hidden_size]."""
