@@ -16,7 +16,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import default_dir_mode, fsync_dir
+from libspec.atomic import default_dir_mode, fsync_dir, write_text_atomic
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -46,6 +46,14 @@ def read_config(directory: str | Path) -> dict:
         raise SpecError(f"{path}: not valid JSON: {error}") from None
     if not isinstance(config, dict):
         raise SpecError(f"{path}: expected a JSON object")
+    return config
+
+
+def set_speculative_tokens(directory: str | Path, k: int) -> dict:
+    """Record `k` as the checkpoint's default number of drafted tokens (what vLLM serves with)."""
+    config = read_config(directory)
+    config["speculators_config"]["proposal_methods"][0]["speculative_tokens"] = int(k)
+    write_text_atomic(Path(directory) / CONFIG, json.dumps(config, indent=2) + "\n")
     return config
 
 

@@ -19,6 +19,7 @@ SCHEMA_NAMES = (
     "tensor-shard-metadata",
     "stream-frame",
     "speculator-config",
+    "bench-report",
 )
 
 

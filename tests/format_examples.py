@@ -60,6 +60,25 @@ def write_examples(out: Path, work: Path) -> None:
     options = eagle3.Eagle3Options(aux_layer_ids=(2, 3, 4), draft_vocab_size=48)
     config = eagle3.make_config(EXAMPLE_VERIFIER, "meta-llama/Llama-3.2-1B-Instruct", options)
     ckpt.write_checkpoint(out / "checkpoint-eagle3", config, random_checkpoint_tensors(config, seed=7))
+    (out / "bench-report.json").write_text(json.dumps(example_bench_report(example_header(work, "bfloat16")), indent=2) + "\n")
+
+
+def example_bench_report(header: dict) -> dict:
+    """A spec-bench report with made-up raw counts (the shape is real; derived figures come from derive())."""
+    from libspec.bench import BenchSettings, best_k, derive, report_header
+
+    settings = BenchSettings((1, 2), max_new_tokens=64)
+    report = report_header(settings, torch.device("cpu"), torch.float32, header["verifier"], None, "spec-bench --verifier ... (example)")
+    report.update(created_at=CREATED_AT, hardware="example CPU, 1 torch thread(s)", torch_version="2.x")
+    report["speculator"] = {"path": "examples/checkpoint-eagle3", "algorithm": "eagle3", "aux_layer_ids": [2, 3, 4], "draft_layers": 1, "draft_vocab_size": 48, "speculative_tokens": 3}
+    baseline = {"histogram": [], "tokens": 640, "prompts": 10, "seconds": {"prefill": 0.05, "decode": 2.52}, "calls": {"prefill": 10, "decode": 630}, "mismatched_prompts": []}
+    runs = []
+    for k, histogram in ((1, [180, 230]), (2, [120, 110, 90])):
+        raw = {"histogram": histogram, "tokens": 640, "prompts": 10, "calls": {},
+               "seconds": {"prefill": 0.07, "draft": 0.3 * k, "verify": 1.9, "accept": 0.05}, "mismatched_prompts": []}
+        runs.append({"k": k, **raw, "derived": derive(k, raw, baseline, greedy=True)})
+    report["prompt_sets"] = [{"name": "code", "path": "code.jsonl", "num_prompts": 10, "baseline": baseline, "runs": runs, "best_k": best_k(runs)}]
+    return report
 
 
 def stream_frames_as_json(path: Path) -> list[dict]:

@@ -20,6 +20,7 @@ SCHEMA_EXAMPLES = {
     "tensor-shard-metadata": ["tensor-shard-metadata.json"],
     "stream-frame": ["stream-frames.json"],
     "speculator-config": ["checkpoint-eagle3/config.json"],
+    "bench-report": ["bench-report.json"],
 }
 
 

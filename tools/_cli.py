@@ -21,7 +21,8 @@ from libspec.errors import SpecError
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Human output goes to stdout; progress, warnings and errors to stderr so pipes stay clean.
-stdout = Console(highlight=False, soft_wrap=True)
+# Piped or logged output gets a wide page so tables are never cut to 80 columns.
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -1,0 +1,124 @@
+"""spec-bench: figures derived from raw counts, sanity flags that fire, and the tool end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import TINY_LLAMA, random_checkpoint_tensors
+from libspec import checkpoint as ckpt
+from libspec.algorithms import eagle3
+from libspec.bench import derive, expected_tokens_per_step
+from libspec.schemas import schema_problems
+from tools.spec_bench import main, parse_k
+
+BASELINE = {"histogram": [], "tokens": 1000, "prompts": 10, "seconds": {"decode": 9.9, "prefill": 0.5}, "calls": {"decode": 990}, "mismatched_prompts": []}
+
+
+def run(histogram, draft=1.0, verify=6.0, accept=0.1, tokens=None, prompts=10, mismatched=()):
+    rounds = sum(histogram)
+    accepted = sum(n * c for n, c in enumerate(histogram))
+    return {
+        "histogram": histogram,
+        "tokens": tokens if tokens is not None else accepted + rounds + prompts,
+        "prompts": prompts,
+        "seconds": {"draft": draft, "verify": verify, "accept": accept, "prefill": 0.6},
+        "calls": {},
+        "mismatched_prompts": list(mismatched),
+    }
+
+
+def test_tau_acceptance_and_costs_come_from_the_histogram():
+    d = derive(3, run([100, 100, 100, 100]), BASELINE, greedy=True)
+    assert d["rounds"] == 400
+    assert d["tau"] == pytest.approx(1 + (0 + 100 + 200 + 300) / 400)  # 2.5
+    assert d["per_position_acceptance"] == pytest.approx([0.75, 0.5, 0.25])
+    assert d["alpha"] == pytest.approx(600 / (100 * 1 + 100 * 2 + 100 * 3 + 100 * 3))
+    t1 = 9.9 / 990
+    assert d["draft_cost_c"] == pytest.approx(1.0 / 400 / t1 / 3)
+    assert d["verify_cost_v"] == pytest.approx(6.0 / 400 / t1)
+    spec_per_token = 7.1 / (600 + 400)  # every accepted draft plus one verifier token per round
+    assert d["speedup"] == pytest.approx(t1 / spec_per_token)
+    assert d["predicted_speedup"] == pytest.approx(expected_tokens_per_step(d["alpha"], 3) / (7.1 / 400 / t1))
+    assert d["lossless"] is True and d["flags"] == []
+
+
+def test_leviathan_expectation():
+    assert expected_tokens_per_step(0.0, 4) == 1.0
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1.75)
+
+
+FLAGS = {
+    "speedup above tau": (run([400, 0, 0], draft=0.01, verify=0.01, accept=0.0), "impossible (verifying k+1 tokens"),
+    "tau above k+1": (run([0, 0, 0, 50]), "τ 4.00 > k+1 = 3"),  # a histogram longer than k+1: miscounted
+    "acceptance above 1": (run([0, 0, 0, 50]), "acceptance above 1"),
+    "output differs": (run([100, 100, 100], mismatched=[3]), "greedy output differs from the verifier's own on prompts [3]"),
+    "too few tokens": (run([5, 5, 5]), "too few for stable figures"),
+    "no rounds": (run([0, 0, 0]), "figures undefined"),
+}
+
+
+@pytest.mark.parametrize("case", FLAGS)
+def test_each_sanity_flag_fires_on_a_constructed_bad_case(case):
+    raw, message = FLAGS[case]
+    flags = derive(2, raw, BASELINE, greedy=True)["flags"]
+    assert any(message in f for f in flags), flags
+
+
+def test_parse_k():
+    assert parse_k("3") == (3,)
+    assert parse_k("1-4") == (1, 2, 3, 4)
+    assert parse_k("1,2,6-7") == (1, 2, 6, 7)
+    with pytest.raises(Exception, match="expected a number"):
+        parse_k("x")
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    """A saved tiny verifier with a word-level tokenizer and chat template, an EAGLE-3 draft, prompts."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}))
+    model.save_pretrained(tmp_path / "verifier")
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="t63", pad_token="t0")
+    fast.chat_template = "{% for m in messages %}t1 {{ m['content'] }} t2 {% endfor %}{% if add_generation_prompt %}t3{% endif %}"
+    fast.save_pretrained(tmp_path / "verifier")
+    verifier_config = json.loads((tmp_path / "verifier" / "config.json").read_text())
+    config = eagle3.make_config(verifier_config, str(tmp_path / "verifier"), eagle3.Eagle3Options(aux_layer_ids=(1, 2, 3)))
+    ckpt.write_checkpoint(tmp_path / "draft", config, random_checkpoint_tensors(config))
+    lines = [{"prompt": "t4 t5 t6 t7"}, {"prompt": "t9 t8"}, {"messages": [{"role": "user", "content": "t5 t6 t7"}]}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tmp_path
+
+
+def test_spec_bench_end_to_end(tiny_setup, capsys):
+    path = tiny_setup
+    status = main([
+        "--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+        "--k", "1-2", "--max-new-tokens", "12", "-o", str(path / "report.json"), "--plot", str(path / "report.png"),
+        "--write-best-k", "--json",
+    ])  # fmt: skip
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((path / "report.json").read_text())
+    assert schema_problems("bench-report", report) == []
+    prompt_set = report["prompt_sets"][0]
+    assert prompt_set["num_prompts"] == 3 and [r["k"] for r in prompt_set["runs"]] == [1, 2]
+    assert all(r["derived"]["lossless"] for r in prompt_set["runs"])
+    for row in prompt_set["runs"]:  # the stored figures are what derive() gives from the stored raw counts
+        assert row["derived"] == derive(row["k"], row, prompt_set["baseline"], greedy=True)
+    assert (path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = ckpt.read_config(path / "draft")["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
+    assert written == prompt_set["best_k"]
+
+
+def test_bad_prompt_file_names_the_line(tiny_setup, capsys):
+    (tiny_setup / "bad.jsonl").write_text('{"prompt": "t4"}\n{"text": 1}\n')
+    with pytest.raises(Exception, match=r"bad.jsonl:2: expected an object with a string 'prompt'"):
+        main(["--verifier", str(tiny_setup / "verifier"), "--prompts", str(tiny_setup / "bad.jsonl")])

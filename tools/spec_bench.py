@@ -1,0 +1,174 @@
+"""spec-bench: measure acceptance (τ) and speedup of a speculator, and prove the output unchanged."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from rich.markup import escape
+from rich.table import Table
+
+from libspec import checkpoint as ckpt
+from libspec.algorithms import load_proposer
+from libspec.atomic import write_text_atomic
+from libspec.bench import BenchSettings, bench_prompt_set, report_header
+from libspec.decoding import Verifier
+from libspec.errors import SpecError
+from libspec.fingerprint import fingerprint_verifier
+from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from libspec.prompts import load_prompt_set
+from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
+
+DESCRIPTION = """\
+Measure speculative decoding with the offline engine (plain PyTorch, batch 1): for each prompt
+set, the verifier decodes every prompt alone (the baseline) and with the speculator for each k,
+interleaved in one run. Prints τ (tokens per verifier step, bonus included), per-position
+acceptance, the measured draft cost c and verify cost v (relative to one plain decoding step),
+the measured speedup beside the one predicted from those measurements
+(S = E(α) / (k·c + v + o), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.), and whether the
+greedy output equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
+
+Prompt files are JSONL: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
+verifier's chat template)."""
+
+EPILOG = """\
+examples:
+  spec-bench --verifier V --speculator out/best --prompts code.jsonl chat.jsonl --k 1-6
+  spec-bench --verifier V --speculator out/best --prompts p.jsonl --json -o report.json --plot report.png
+  spec-bench --verifier V --prompts p.jsonl          baseline only (tokens/s of the verifier)"""
+
+
+def parse_k(text: str) -> tuple[int, ...]:
+    """`3`, `1-8` or `1,2,4` -> the k values."""
+    values: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            values.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise SpecError(f"--k {text!r}: expected a number, a range like 1-8, or a list like 1,2,4") from None
+    if not values or min(values) < 1:
+        raise SpecError(f"--k {text!r}: k must be at least 1")
+    return tuple(sorted(values))
+
+
+def build_parser():
+    parser = make_parser("spec-bench", DESCRIPTION, EPILOG)
+    parser.add_argument("--verifier", required=True, help="verifier folder or cached Hub id")
+    parser.add_argument("--speculator", help="speculator checkpoint folder (omit for a baseline-only run)")
+    parser.add_argument("--prompts", nargs="+", required=True, metavar="FILE", help="JSONL prompt set(s)")
+    parser.add_argument("--k", default="1-6", help="drafted tokens per step: 3, 1-8 or 1,2,4 (default 1-6)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 = speculative sampling")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--limit", type=int, help="use only the first N prompts of each set")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest and steadiest at batch 1)")
+    parser.add_argument("-o", "--output", help="write the JSON report to this file")
+    parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
+    parser.add_argument("--write-best-k", action="store_true", help="store the best measured k in the checkpoint's speculators_config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.write_best_k and not args.speculator:
+        raise SpecError("--write-best-k needs --speculator")
+    settings = BenchSettings(parse_k(args.k), args.max_new_tokens, args.temperature, args.seed)
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    prompt_sets = [load_prompt_set(path, args.limit) for path in args.prompts]
+
+    model = load_causal_lm(args.verifier, device, dtype)
+    tokenizer = load_tokenizer(args.verifier)
+    proposer = load_proposer(args.speculator, model) if args.speculator else None
+    verifier = Verifier(model, proposer.aux_layer_ids if proposer else [])
+    speculator_info = _speculator_info(args.speculator) if args.speculator else None
+    command = shlex.join(["spec-bench", *(sys.argv[1:] if argv is None else argv)])
+    report = report_header(settings, device, dtype, fingerprint_verifier(args.verifier).to_dict(), speculator_info, command)
+
+    with stderr.status("benchmarking") as status:
+        report["prompt_sets"] = [
+            bench_prompt_set(verifier, proposer, tokenizer, s, settings, eos_token_ids(model, tokenizer), status.update)
+            for s in prompt_sets
+        ]
+    if args.output:
+        write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
+    if args.plot and proposer:
+        from libspec.bench_plot import plot_report
+
+        plot_report(report, args.plot)
+    if args.write_best_k:
+        _write_best_k(args.speculator, report)
+    if args.json:
+        print_json(report)
+    else:
+        print_report(report)
+    return EXIT_OK
+
+
+def _speculator_info(path: str) -> dict:
+    config = ckpt.read_config(path)
+    tl = config.get("transformer_layer_config", {})
+    return {
+        "path": str(path),
+        "algorithm": config.get("speculators_model_type"),
+        "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
+        "draft_layers": tl.get("num_hidden_layers"),
+        "draft_vocab_size": config.get("draft_vocab_size"),
+        "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
+    }
+
+
+def _write_best_k(path: str, report: dict) -> None:
+    """Pick the k that was best on most prompt sets (ties: the smaller k) and store it."""
+    votes = [s["best_k"] for s in report["prompt_sets"] if s["best_k"] is not None]
+    if not votes:
+        raise SpecError("--write-best-k: no k was measured")
+    best = min(set(votes), key=lambda k: (-votes.count(k), k))
+    ckpt.set_speculative_tokens(path, best)
+    stderr.print(f"wrote speculative_tokens = {best} into {Path(path) / ckpt.CONFIG}")
+
+
+def print_report(report: dict) -> None:
+    """One table per prompt set; the best k in bold; flags under the table."""
+    stdout.print(f"[bold]{escape(report['hardware'])}[/], {report['dtype']}, temperature {report['settings']['temperature']}, "
+                 f"{report['settings']['max_new_tokens']} new tokens per prompt")
+    for prompt_set in report["prompt_sets"]:
+        baseline = prompt_set["baseline"]
+        step = baseline["seconds"].get("decode", 0.0) / max(baseline["calls"].get("decode", 1), 1)
+        title = f"{prompt_set['name']}: {prompt_set['num_prompts']} prompts, verifier alone {1 / step if step else 0:.0f} tok/s"
+        table = Table(title=escape(title), title_justify="left")
+        for column in ("k", "τ", "accepted at position 1..k", "c", "v", "speedup", "predicted", "tok/s", "lossless"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in prompt_set["runs"]:
+            d = row["derived"]
+            style = "bold green" if row["k"] == prompt_set["best_k"] else None
+            lossless = {True: "✓", False: "✗", None: "n/a (sampling)"}[d["lossless"]]
+            table.add_row(
+                str(row["k"]), _num(d["tau"]), " ".join(_num(r) for r in d["per_position_acceptance"]),
+                _num(d["draft_cost_c"]), _num(d["verify_cost_v"]), _num(d["speedup"], "×"), _num(d["predicted_speedup"], "×"),
+                _num(d["tokens_per_s"], "", 0), lossless + (" ⚠" if d["flags"] else ""), style=style,
+            )  # fmt: skip
+        stdout.print(table)
+        for row in prompt_set["runs"]:
+            for flag in row["derived"]["flags"]:
+                stdout.print(f"  [yellow]⚠ k={row['k']}:[/] {escape(flag)}")
+
+
+def _num(value: float | None, unit: str = "", digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
