@@ -20,3 +20,11 @@ format-examples:
 # the main job, end to end (grows with the pipeline: verifier -> gen-hidden -> train -> bench)
 demo:
     spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
+
+# spec-gen-hidden time per token vs a bare verifier forward, and bytes per token on disk
+bench-gen *ARGS:
+    python -m tools.bench_gen_hidden {{ARGS}}
+
+# training conversations cut from the built-in verifier's training files (stdlib sources)
+conversations OUT="out/conversations.jsonl" *ARGS:
+    python -m tools.corpus_conversations -o {{OUT}} {{ARGS}}

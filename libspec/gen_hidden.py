@@ -201,7 +201,7 @@ class GenHiddenRun:
     def _load(self) -> None:
         """Tokenizer, fingerprint and layer ids: all a header needs (the weights load later, if needed)."""
         config = self.config
-        self.verifier: LoadedVerifier = load_verifier(config.verifier, trust_remote_code=config.trust_remote_code, load_weights=False)
+        self.verifier: LoadedVerifier = load_verifier(config.verifier, config.trust_remote_code)
         self.layer_ids = resolve_layer_ids(config.layer_ids, self.verifier.num_hidden_layers)
         template = None
         if config.chat_template:

@@ -1,6 +1,8 @@
-"""Loading a verifier for inference: model, tokenizer, fingerprint and the facts capture needs.
+"""A verifier ready for capture: fingerprint, config, tokenizer, stop tokens, and (when needed) weights.
 
-Remote code stays off unless asked for; weights load from safetensors through transformers.
+Built on `libspec.models` (device/dtype choice, loading without remote code). The tokenizer and
+stop tokens come first and the weights later, so a rerun of a finished job, or the vLLM backend,
+never loads the model in this process.
 """
 
 from __future__ import annotations
@@ -12,23 +14,21 @@ from typing import Iterator
 
 import torch
 
-from libspec.errors import SpecError
 from libspec.fingerprint import VerifierFingerprint, fingerprint_verifier, read_model_config, resolve_model_dir, text_config
-
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from libspec.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
 
 @dataclass
 class LoadedVerifier:
-    """A verifier ready to run."""
+    """A verifier's identity and tokenizer; `model` is filled in by `load_model`."""
 
     directory: Path
     fingerprint: VerifierFingerprint
     config: dict  # its config.json
-    model: torch.nn.Module | None  # None when another backend runs the model
     tokenizer: object
-    stop_token_ids: tuple[int, ...]  # eos ids of the tokenizer and the generation config
+    stop_token_ids: tuple[int, ...]  # every id that ends a reply
     pad_token_id: int
+    model: torch.nn.Module | None = None
 
     @property
     def num_hidden_layers(self) -> int:
@@ -56,77 +56,37 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when a GPU is present, else cpu; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise SpecError(f"--device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"--device {name}: no CUDA device is available here")
-    return device
-
-
-def resolve_dtype(name: str, config: dict) -> torch.dtype:
-    """`auto` is the dtype the checkpoint was saved in (float32 when it does not say)."""
-    if name == "auto":
-        saved = text_config(config).get("dtype") or config.get("dtype") or config.get("torch_dtype") or "float32"
-        name = saved if saved in COMPUTE_DTYPES else "float32"
-    if name not in COMPUTE_DTYPES:
-        raise SpecError(f"--dtype {name!r}: expected auto or one of {', '.join(COMPUTE_DTYPES)}")
-    return COMPUTE_DTYPES[name]
-
-
-def load_tokenizer(directory: Path, trust_remote_code: bool = False):
-    """The verifier's tokenizer, with a one-line error when it cannot be loaded."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise SpecError(f"{directory}: cannot load the tokenizer: {error}") from None
-
-
-def _stop_token_ids(directory: Path, tokenizer) -> tuple[int, ...]:
+def _stop_token_ids(directory: Path, config: dict, tokenizer) -> tuple[int, ...]:
+    """eos ids of the generation config, the model config and the tokenizer (read without the weights)."""
     from transformers import GenerationConfig
 
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
     try:
-        eos = GenerationConfig.from_pretrained(directory).eos_token_id
+        generation_eos = GenerationConfig.from_pretrained(directory).eos_token_id
     except OSError:  # no generation_config.json
-        eos = None
-    ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        generation_eos = None
+    ids: set[int] = set()
+    for value in (generation_eos, text_config(config).get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
     return tuple(sorted(ids))
 
 
-def load_model(verifier: LoadedVerifier, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load the verifier's weights (eval mode, on `device`) into `verifier.model` and return it."""
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = resolve_dtype(dtype, verifier.config)
-    target = resolve_device(device)
-    try:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(verifier.directory, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise SpecError(f"{verifier.directory}: cannot load the model: {error}") from None
-    verifier.model = model.to(target).eval()
-    return verifier.model
-
-
-def load_verifier(name_or_path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, load_weights: bool = True) -> LoadedVerifier:
-    """Fingerprint, tokenizer and (unless `load_weights` is false) the model in eval mode on `device`."""
+def load_verifier(name_or_path: str, trust_remote_code: bool = False) -> LoadedVerifier:
+    """Fingerprint, config, tokenizer and stop tokens of a verifier folder (or cached Hub id)."""
     directory = resolve_model_dir(name_or_path)
-    fingerprint = fingerprint_verifier(name_or_path)
     config = read_model_config(directory)
-    tokenizer = load_tokenizer(directory, trust_remote_code)
-    stop_ids = _stop_token_ids(directory, tokenizer)
+    with quiet_transformers():
+        tokenizer = load_tokenizer(str(directory), trust_remote_code)
+    stop_ids = _stop_token_ids(directory, config, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
-    verifier = LoadedVerifier(directory, fingerprint, config, None, tokenizer, stop_ids, pad)
-    if load_weights:
-        load_model(verifier, device, dtype, trust_remote_code)
-    return verifier
+    return LoadedVerifier(directory, fingerprint_verifier(name_or_path), config, tokenizer, stop_ids, pad)
+
+
+def load_model(verifier: LoadedVerifier, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> torch.nn.Module:
+    """Load the weights (eval mode, on `device`; `auto` dtype: float32 on CPU, bfloat16 on GPU) into `verifier.model`."""
+    target = pick_device(device)
+    with quiet_transformers():
+        verifier.model = load_causal_lm(str(verifier.directory), target, pick_dtype(dtype, target), trust_remote_code)
+    return verifier.model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_chat import conversations, write_chat_verifier, write_jsonl
+from tiny_chat import conversations, loaded_verifier, write_chat_verifier, write_jsonl
 
 from libspec.capture import HiddenStateCapture
 from libspec.dataset import Dataset
@@ -22,7 +22,6 @@ from libspec.errors import SpecError
 from libspec.gen_hidden import GenHiddenConfig, generate_hidden_states
 from libspec.stream import StreamReader
 from libspec.validate import validate
-from libspec.verifier_model import load_verifier
 from tools.spec_gen_hidden import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +62,7 @@ def test_data_set_holds_the_verifiers_hidden_states_at_the_default_layers(capsys
     assert dataset.layer_ids == [1, 2, 4]  # EAGLE-3's [2, n//2, n-3] made valid for n = 4, plus n
     assert summary["bytes_written"] == sum(f.stat().st_size for f in (tmp_path / "out").iterdir())
     assert dataset.manifest["metadata"]["gen_hidden"]["options"]["window"] == 8
-    verifier = load_verifier(str(verifier_dir), device="cpu", dtype="float32")
+    verifier = loaded_verifier(str(verifier_dir))
     direct = HiddenStateCapture(verifier.model, [1, 2, 4], 4)
     kinds = set()
     for sample in dataset:
@@ -200,7 +199,7 @@ def test_vllm_backend_with_a_stand_in_engine_writes_the_same_data_set(capsys, tm
         def __init__(self, model, dtype, enable_chunked_prefill, speculative_config, kv_transfer_config):
             seen.update(speculative=speculative_config, transfer=kv_transfer_config, chunked=enable_chunked_prefill)
             layer_ids = speculative_config["draft_model_config"]["hf_config"]["eagle_aux_hidden_state_layer_ids"]
-            self.capture = HiddenStateCapture(load_verifier(model, device="cpu", dtype="float32").model, layer_ids, 4)
+            self.capture = HiddenStateCapture(loaded_verifier(model).model, layer_ids, 4)
             self.storage = Path(kv_transfer_config["kv_connector_extra_config"]["shared_storage_path"])
 
         def generate(self, prompts, sampling, use_tqdm):

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_chat import write_chat_verifier
+from tiny_chat import loaded_verifier, write_chat_verifier
 
 from libspec.capture import BatchLimits
 from libspec.chat import ChatRenderer, samples_from_turns
 from libspec.inputs import Example
 from libspec.regenerate import Regenerator, SamplingOptions
-from libspec.verifier_model import load_verifier
 
 
 @pytest.fixture(scope="module")
 def verifier(tmp_path_factory):
     directory = write_chat_verifier(tmp_path_factory.mktemp("verifier") / "v", "chatml")
-    return load_verifier(str(directory), device="cpu", dtype="float32")
+    return loaded_verifier(str(directory))
 
 
 def regenerator(verifier, max_len: int = 200, **options) -> Regenerator:

@@ -123,6 +123,15 @@ def write_chat_verifier(directory: Path, template: str = "chatml", model_type: s
     return directory
 
 
+def loaded_verifier(directory: Path):
+    """A verifier folder loaded for capture on the CPU in float32."""
+    from libspec.verifier_model import load_model, load_verifier
+
+    verifier = load_verifier(str(directory))
+    load_model(verifier, "cpu", "float32")
+    return verifier
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("capture")
     model.add_argument("--layers", type=_layer_ids, metavar="IDS", help="layer ids to capture, e.g. 2,4,5,8 (default: EAGLE-3's aux layers plus n)")
     model.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), default="bfloat16", help="how hidden states are stored (default: bfloat16; float8_e4m3fn halves disk, with per-token scales)")
-    model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype (default: the checkpoint's)")
+    model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype (auto: float32 on CPU, bfloat16 on GPU)")
     model.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     model.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="hf: transformers with forward hooks (default); vllm: vLLM's extract_hidden_states (optional, GPU)")
     model.add_argument("--max-len", type=int, metavar="N", help="truncate records to N tokens (default: the verifier's max_position_embeddings)")
