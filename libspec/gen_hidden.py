@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-import torch
 
 from libspec.algorithms.eagle3 import default_aux_layer_ids
 from libspec.capture import BatchLimits, HiddenStateCapture, plan_batches
@@ -218,7 +217,11 @@ class GenHiddenRun:
         if self.config.backend == "vllm":
             from libspec.capture_vllm import VllmCapture
 
+            # vLLM schedules its own batches: hand it a whole window at once. Records keep the same
+            # order (the plan is one longest-first list, cut into batches by the limits).
+            self.capture_limits = BatchLimits(max_tokens=2**62, max_sequences=self.config.window)
             return VllmCapture(self.verifier, self.layer_ids, self.config.dtype)
+        self.capture_limits = self.limits
         return HiddenStateCapture(self.verifier.model, self.layer_ids, self.verifier.num_hidden_layers)
 
     def _header(self) -> dict:
@@ -307,7 +310,7 @@ class GenHiddenRun:
     def _process_window(self, window: list[RawItem], skip: int) -> int:
         """Prepare, capture and write one window; the first `skip` records were committed before a crash."""
         prepared = self._prepare(window)
-        order = plan_batches([len(p.sample.input_ids) for p in prepared], self.limits)
+        order = plan_batches([len(p.sample.input_ids) for p in prepared], self.capture_limits)
         out_dtype = None if self.config.storage_dtype == "float8_e4m3fn" else STORAGE_DTYPES[self.config.storage_dtype]
         written = 0
         for batch in order:

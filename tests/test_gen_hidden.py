@@ -19,7 +19,6 @@ from tiny_chat import conversations, loaded_verifier, write_chat_verifier, write
 from libspec.capture import HiddenStateCapture
 from libspec.dataset import Dataset
 from libspec.errors import SpecError
-from libspec.gen_hidden import GenHiddenConfig, generate_hidden_states
 from libspec.stream import StreamReader
 from libspec.validate import validate
 from tools.spec_gen_hidden import main
@@ -222,3 +221,13 @@ def test_vllm_backend_with_a_stand_in_engine_writes_the_same_data_set(capsys, tm
     for key in want:
         assert got[key][0] == want[key][0]
         torch.testing.assert_close(got[key][1], want[key][1], rtol=1e-5, atol=1e-6)
+
+
+def test_usage_errors_exit_2_and_help_explains(capsys, tmp_path):
+    for argv, status in ((["--version"], 0), (["--help"], 0), (["--data", "x", "-o", "y"], 2), (["--data", "x", "--merge", "y", "-o", "z"], 2), (["--verifer", "v", "--data", "x", "-o", "y"], 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == status, argv
+    output = capsys.readouterr()
+    assert "--regenerate" in output.out and "--shard-index" in output.out
+    assert "--verifier is required" in output.err and "did you mean --verifier?" in output.err
