@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 
 from libspec.atomic import default_dir_mode, fsync_dir, write_text_atomic
+from libspec.digest import digest_file
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -68,6 +69,18 @@ def weight_files(directory: str | Path) -> list[Path]:
     if not single.is_file():
         raise SpecError(f"{single}: missing; a speculator checkpoint needs its weights")
     return [single]
+
+
+def checkpoint_files(directory: str | Path) -> list[Path]:
+    """The files a checkpoint consists of: config.json, the weights, and their index when sharded."""
+    directory = Path(directory)
+    index = directory / f"{WEIGHTS}.index.json"
+    return [directory / CONFIG, *([index] if index.is_file() else []), *weight_files(directory)]
+
+
+def weight_checksums(directory: str | Path) -> dict[str, str]:
+    """File name -> sha256 of every weight file: identifies the weights whatever config.json says."""
+    return {path.name: digest_file(path).sha256 for path in weight_files(directory)}
 
 
 def tensor_headers(directory: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
