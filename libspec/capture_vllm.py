@@ -41,6 +41,18 @@ def _load_hidden_states(path: str) -> dict[str, torch.Tensor]:
     return load_hidden_states(path)
 
 
+def _transfer_config(**fields):
+    """vLLM's KVTransferConfig (as its own example builds it), or the plain dict where it cannot be imported."""
+    try:
+        from vllm.config.kv_transfer import KVTransferConfig
+    except ImportError:
+        try:
+            from vllm.config import KVTransferConfig
+        except ImportError:
+            return fields
+    return KVTransferConfig(**fields)
+
+
 class VllmCapture:
     """The hidden states of token sequences, computed by a vLLM engine on the verifier."""
 
@@ -61,11 +73,11 @@ class VllmCapture:
                 "num_speculative_tokens": 1,
                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": self.layer_ids}},
             },
-            kv_transfer_config={
-                "kv_connector": "ExampleHiddenStatesConnector",
-                "kv_role": "kv_producer",
-                "kv_connector_extra_config": {"shared_storage_path": self.storage},
-            },
+            kv_transfer_config=_transfer_config(
+                kv_connector="ExampleHiddenStatesConnector",
+                kv_role="kv_producer",
+                kv_connector_extra_config={"shared_storage_path": self.storage},
+            ),
             **engine_options,
         )
         self.sampling = vllm.SamplingParams(max_tokens=1)

@@ -196,7 +196,7 @@ def test_vllm_backend_with_a_stand_in_engine_writes_the_same_data_set(capsys, tm
 
     class LLM:
         def __init__(self, model, dtype, enable_chunked_prefill, speculative_config, kv_transfer_config):
-            seen.update(speculative=speculative_config, transfer=kv_transfer_config, chunked=enable_chunked_prefill)
+            seen.update(speculative=speculative_config, transfer=kv_transfer_config, chunked=enable_chunked_prefill)  # a dict: the stand-in has no vllm.config
             layer_ids = speculative_config["draft_model_config"]["hf_config"]["eagle_aux_hidden_state_layer_ids"]
             self.capture = HiddenStateCapture(loaded_verifier(model).model, layer_ids, 4)
             self.storage = Path(kv_transfer_config["kv_connector_extra_config"]["shared_storage_path"])
