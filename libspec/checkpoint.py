@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import default_dir_mode, fsync_dir, write_text_atomic
+from libspec.atomic import atomic_directory, default_file_mode, write_text_atomic
 from libspec.digest import digest_file
 from libspec.errors import SpecError
 
@@ -111,36 +109,18 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        staging.chmod(default_dir_mode())
+    with atomic_directory(directory) as staging:
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
         for path in staging.iterdir():
+            # safetensors creates its file 0600; give every file what a plain open() would (SPEC.md §2).
+            path.chmod(default_file_mode())
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-        _swap_into_place(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
-
-
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    """Rename `staging` to `directory`, moving an existing folder aside first and deleting it after."""
-    old = None
-    if directory.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-        old.rmdir()
-        os.replace(directory, old)
-    os.replace(staging, directory)
-    fsync_dir(directory.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
