@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,6 +185,47 @@ class _CountingWriter:
         self.raw.flush()
 
 
+class _WriterThread:
+    """Runs the sink's work (encoding, shard files, checksums, fsync) on a thread, in submission order.
+
+    Disk work then overlaps the next forward pass instead of following it (torch and file I/O
+    release the GIL). At most `depth` batches wait, which bounds the memory they hold.
+    """
+
+    def __init__(self, depth: int = 2):
+        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="spec-gen-hidden-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:  # after a failure, drain without writing more
+                try:
+                    job()
+                except BaseException as error:  # re-raised in the main thread
+                    self._error = error
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def finish(self) -> None:
+        """Wait until every submitted job ran; re-raise the first failure."""
+        if self.running:
+            self._jobs.put(None)
+            self._thread.join()
+        self._raise()
+
+
 class GenHiddenRun:
     """One spec-gen-hidden run: set up with a config, then `run()`."""
 
@@ -283,6 +326,7 @@ class GenHiddenRun:
         self.items_seen = 0
         items = self._partition(read_items(self.files, self.stdin))
         self.capture_started = time.perf_counter()
+        self.writer = _WriterThread()
         try:
             for window in _windows(itertools.islice(items, position, None), self.config.window):
                 self._record_progress(position, records_before)
@@ -291,6 +335,7 @@ class GenHiddenRun:
                 skip = 0
         finally:
             getattr(self.capturer, "close", lambda: None)()
+            self.writer.finish()  # whatever was captured is written (and committed) even on failure
         self._record_progress(position, records_before)
         manifest = self.sink.close()
         return self._summary(manifest if isinstance(self.sink, DatasetWriter) else None)
@@ -298,8 +343,11 @@ class GenHiddenRun:
     def _record_progress(self, window_start: int, records_before: int) -> None:
         """Tell the data set where this window starts; every shard commit during it writes this down."""
         if isinstance(self.sink, DatasetWriter):
-            progress = {"window_start": window_start, "records_before_window": records_before, "counts": self.counts.to_dict()}
-            self.sink.update_metadata({"progress": progress})
+            progress = {"progress": {"window_start": window_start, "records_before_window": records_before, "counts": self.counts.to_dict()}}
+            if self.writer.running:  # in order with the samples queued before it
+                self.writer.submit(lambda: self.sink.update_metadata(progress))
+            else:
+                self.sink.update_metadata(progress)
 
     def _partition(self, items: Iterator[RawItem]) -> Iterator[RawItem]:
         for item in items:
@@ -319,10 +367,9 @@ class GenHiddenRun:
                 written += len(todo)
                 continue
             hidden = self.capturer.capture([p.sample.input_ids for p in todo], self.verifier.pad_token_id, out_dtype)
-            for item, states in zip(todo, hidden):
-                if written >= skip:
-                    self.sink.add(item.record, states)
-                written += 1
+            new = [(item.record, states) for n, (item, states) in enumerate(zip(todo, hidden), start=written) if n >= skip]
+            self.writer.submit(lambda new=new: [self.sink.add(record, states) for record, states in new])
+            written += len(todo)
             elapsed = time.perf_counter() - self.capture_started
             self.on_progress(GenProgress(self.counts.inputs_read, self.inputs_total, self.counts.records_written, self.counts.tokens_written, elapsed))
         return written

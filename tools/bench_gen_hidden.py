@@ -99,22 +99,27 @@ def upstream_layout_bytes(dataset: Dataset, directory: Path) -> int:
     return total
 
 
-def zstd_savings(dataset: Dataset, level: int, shuffle: bool) -> tuple[int, int, float]:
-    """(raw bytes, compressed bytes, MB/s) of zstd at `level` over the hidden states of the tensor shards.
+def zstd_savings(dataset: Dataset, level: int, shuffle: bool) -> dict:
+    """Size ratio and compress / decompress MB/s of zstd at `level` over the stored hidden states.
 
     With `shuffle`, each element's bytes are first grouped by position (all high bytes, then all
     low bytes): the float exponents then sit together, the best case for a byte compressor.
     """
     raw = packed = 0
-    start = time.perf_counter()
-    compressor = zstandard.ZstdCompressor(level=level)
+    compress_s = decompress_s = 0.0
+    compressor, decompressor = zstandard.ZstdCompressor(level=level), zstandard.ZstdDecompressor()
     for index in range(dataset.num_shards):
         hidden = dataset.shard_tensors(index).hidden
         data = hidden.contiguous().view(torch.uint8).view(-1, hidden.element_size())
         data = (data.t() if shuffle else data).contiguous().numpy().tobytes()
-        raw += len(data)
-        packed += len(compressor.compress(data))
-    return raw, packed, raw / 2**20 / max(time.perf_counter() - start, 1e-9)
+        start = time.perf_counter()
+        frame = compressor.compress(data)
+        middle = time.perf_counter()
+        decompressor.decompress(frame)
+        compress_s, decompress_s = compress_s + middle - start, decompress_s + time.perf_counter() - middle
+        raw, packed = raw + len(data), packed + len(frame)
+    mb = raw / 2**20
+    return {"ratio": packed / raw, "compress_mb_per_s": mb / max(compress_s, 1e-9), "decompress_mb_per_s": mb / max(decompress_s, 1e-9)}
 
 
 def data_bytes(directory: Path) -> int:
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verifier", help="a verifier folder (default: the built-in verifier, --preset)")
     parser.add_argument("--preset", default="full", help="built-in verifier preset (default: full; built and cached on first use)")
     parser.add_argument("--records", type=int, default=300, help="input records cut from the corpus (default: 300)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timed repetitions; medians are reported (default: 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions, in rotating order; median and fastest are reported (default: 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, the steadiest on a shared machine)")
     parser.add_argument("--dtype", default="auto", help="compute dtype (default: auto = float32 on CPU)")
     parser.add_argument("--window", type=int, default=256)
@@ -165,20 +170,30 @@ def bench(args, verifier_dir: Path, root: Path, files: list[Path], work: Path) -
     num_tokens = dataset.num_tokens
     padded_tokens = sum(ids.numel() for ids, _ in batches)
     timings: dict[str, list[float]] = {"bare": [], "decoder": [], "gen": [], "gen_total": []}
-    for repeat in range(args.repeats):
-        timings["bare"].append(time_forward(model, batches))
-        timings["decoder"].append(time_forward(model.get_decoder(), batches))
+
+    def gen_timed(repeat: int) -> None:
         summary = gen(f"run{repeat}")
         timings["gen"].append(summary["capture_s"])
         timings["gen_total"].append(summary["elapsed_s"])
         shutil.rmtree(work / f"run{repeat}")
+
+    steps = [
+        lambda repeat: timings["bare"].append(time_forward(model, batches)),
+        lambda repeat: timings["decoder"].append(time_forward(model.get_decoder(), batches)),
+        gen_timed,
+    ]
+    for repeat in range(args.repeats):  # rotate the order so no variant always runs first or last
+        for step in steps[repeat % 3 :] + steps[: repeat % 3]:
+            step(repeat)
     median = {key: statistics.median(values) for key, values in timings.items()}
+    fastest = {key: min(values) for key, values in timings.items()}
     fp8 = gen("fp8", storage_dtype="float8_e4m3fn")
     bf16_dir, fp8_dir = work / "warmup", work / "fp8"
     upstream = upstream_layout_bytes(dataset, work / "upstream")
     zstd = {
-        f"{name}{' byte-shuffled' if shuffle else ''}": zstd_savings(Dataset(path), 3, shuffle)
+        f"{name}, level {level}{', byte-shuffled' if shuffle else ''}": zstd_savings(Dataset(path), level, shuffle)
         for name, path in (("bfloat16", bf16_dir), ("float8_e4m3fn", fp8_dir))
+        for level in (1, 3)
         for shuffle in (False, True)
     }
     return {
@@ -191,26 +206,29 @@ def bench(args, verifier_dir: Path, root: Path, files: list[Path], work: Path) -
         "hidden_size": verifier.fingerprint.hidden_size,
         "seconds": timings,
         "us_per_token": {key: 1e6 * value / num_tokens for key, value in median.items()},
+        "us_per_token_fastest": {key: 1e6 * value / num_tokens for key, value in fastest.items()},
         "ratio_gen_vs_bare": median["gen"] / median["bare"],
         "ratio_gen_vs_decoder": median["gen"] / median["decoder"],
+        "ratio_gen_vs_bare_fastest": fastest["gen"] / fastest["bare"],
+        "ratio_gen_vs_decoder_fastest": fastest["gen"] / fastest["decoder"],
         "bytes_per_token": {
             "bfloat16": data_bytes(bf16_dir) / num_tokens,
             "float8_e4m3fn": data_bytes(fp8_dir) / num_tokens,
             "upstream_bf16_file_per_sample": upstream / num_tokens,
         },
         "fp8_records": fp8["records_written"],
-        "zstd_level3_on_tensor_shards": {
-            name: {"raw_bytes": raw, "zstd_bytes": packed, "ratio": packed / raw, "mb_per_s": speed} for name, (raw, packed, speed) in zstd.items()
-        },
+        "zstd_on_hidden_states": zstd,
     }
 
 
 def show(report: dict) -> None:
-    us = report["us_per_token"]
-    table = Table(title=f"spec-gen-hidden vs bare forward — {report['records']} records, {report['tokens']} tokens ({report['padded_tokens']} padded) in {report['batches']} batches, median of {len(report['seconds']['gen'])}")
+    us, fast = report["us_per_token"], report["us_per_token_fastest"]
+    table = Table(title=f"spec-gen-hidden vs bare forward — {report['records']} records, {report['tokens']} tokens ({report['padded_tokens']} padded) in {report['batches']} batches, {len(report['seconds']['gen'])} alternating runs")
     table.add_column("what")
-    table.add_column("µs/token", justify="right")
-    table.add_column("× bare forward", justify="right")
+    table.add_column("µs/token (median)", justify="right")
+    table.add_column("× bare (median)", justify="right")
+    table.add_column("µs/token (fastest)", justify="right")
+    table.add_column("× bare (fastest)", justify="right")
     rows = [
         ("bare verifier forward (with logits)", "bare"),
         ("decoder only (no LM head)", "decoder"),
@@ -218,7 +236,7 @@ def show(report: dict) -> None:
         ("  … including model load", "gen_total"),
     ]
     for label, key in rows:
-        table.add_row(label, f"{us[key]:.1f}", f"{us[key] / us['bare']:.3f}")
+        table.add_row(label, f"{us[key]:.1f}", f"{us[key] / us['bare']:.3f}", f"{fast[key]:.1f}", f"{fast[key] / fast['bare']:.3f}")
     stdout.print(table)
     sizes = Table(title=f"bytes per token on disk (layers {report['layer_ids']}, hidden {report['hidden_size']})")
     sizes.add_column("layout")
@@ -228,8 +246,12 @@ def show(report: dict) -> None:
     for name, value in report["bytes_per_token"].items():
         sizes.add_row(name, f"{value:,.1f}", f"{value / upstream:.3f}")
     stdout.print(sizes)
-    for name, z in report["zstd_level3_on_tensor_shards"].items():
-        stdout.print(f"zstd -3 on {name} hidden states: {z['ratio']:.3f} of raw size ({z['mb_per_s']:.0f} MB/s)")
+    packing = Table(title="zstd on the stored hidden states (one core)")
+    for column in ("storage, zstd level", "size / raw", "compress MB/s", "decompress MB/s"):
+        packing.add_column(column, justify="left" if column.startswith("storage") else "right")
+    for name, z in report["zstd_on_hidden_states"].items():
+        packing.add_row(name, f"{z['ratio']:.3f}", f"{z['compress_mb_per_s']:.0f}", f"{z['decompress_mb_per_s']:.0f}")
+    stdout.print(packing)
     machine = report["machine"]
     stdout.print(f"machine: {machine['cpus']} CPUs, torch threads {machine['threads']}, load average before {machine['load_avg_before'][0]:.2f}, after {machine['load_avg_after'][0]:.2f}")
 
