@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -87,3 +88,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder next to `path`; on success it replaces `path` as a whole.
+
+    A reader sees the old folder or the complete new one. On any exception the staging folder is
+    removed and `path` is left as it was. The caller fsyncs the files it writes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        staging.chmod(default_dir_mode())
+        yield staging
+        old = _move_aside(path)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename an existing `path` to a hidden sibling (deleted once its replacement is in place)."""
+    if not path.exists():
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old.rmdir()
+    os.replace(path, old)
+    return old

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import default_dir_mode, fsync_dir, write_text_atomic
+from libspec.atomic import atomic_directory, write_text_atomic
+from libspec.digest import digest_file
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -70,6 +69,18 @@ def weight_files(directory: str | Path) -> list[Path]:
     return [single]
 
 
+def checkpoint_files(directory: str | Path) -> list[Path]:
+    """The files a checkpoint consists of: config.json, the weights, and their index when sharded."""
+    directory = Path(directory)
+    index = directory / f"{WEIGHTS}.index.json"
+    return [directory / CONFIG, *([index] if index.is_file() else []), *weight_files(directory)]
+
+
+def weight_checksums(directory: str | Path) -> dict[str, str]:
+    """File name -> sha256 of every weight file: identifies the weights whatever config.json says."""
+    return {path.name: digest_file(path).sha256 for path in weight_files(directory)}
+
+
 def tensor_headers(directory: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """Name -> (dtype, shape) of every weight, read from the safetensors headers only."""
     headers = {}
@@ -98,10 +109,7 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        staging.chmod(default_dir_mode())
+    with atomic_directory(directory) as staging:
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -110,24 +118,7 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
         for path in staging.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-        _swap_into_place(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
-
-
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    """Rename `staging` to `directory`, moving an existing folder aside first and deleting it after."""
-    old = None
-    if directory.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-        old.rmdir()
-        os.replace(directory, old)
-    os.replace(staging, directory)
-    fsync_dir(directory.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _torch_dtype(name: str) -> torch.dtype:

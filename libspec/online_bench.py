@@ -351,7 +351,7 @@ def _run_endpoint(role, endpoint, steps, settings, executable, data, tokenizer, 
 
 
 def run_online_bench(settings: OnlineSettings, workdir: str | Path | None = None, command: str = "", progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Benchmark both endpoints with GuideLLM and return the side-by-side report (SPEC.md §14).
+    """Benchmark both endpoints with GuideLLM and return the side-by-side report (SPEC.md §15).
 
     `workdir` keeps GuideLLM's scenarios, logs and raw JSON reports; None uses a temporary folder.
     """

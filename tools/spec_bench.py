@@ -135,6 +135,8 @@ def _speculator_info(path: str) -> dict:
         "draft_layers": tl.get("num_hidden_layers"),
         "draft_vocab_size": config.get("draft_vocab_size"),
         "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
+        # The weights' own identity: spec-push refuses numbers measured on other weights.
+        "weight_files": ckpt.weight_checksums(path),
     }
 
 

@@ -1,0 +1,525 @@
+"""spec-push: the gate, the model card's numbers, the Hub-ready folder, and the upload through
+huggingface_hub's real client against a recording Hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import libspec
+from conftest import TINY_LLAMA, random_checkpoint_tensors
+from libspec import checkpoint as ckpt
+from libspec.algorithms import eagle3
+from libspec.bench import derive
+from libspec.errors import SpecError
+from libspec.fingerprint import fingerprint_verifier
+from libspec.model_card import number
+from libspec.publish import PushOptions, plan_push, write_folder
+from libspec.validate import validate
+from tools import spec_bench, spec_push
+
+VERIFIER_ID = "org/tiny-verifier"
+REPO = "org/tiny-spec"
+TOKEN = "hf_loopbackSecretToken0123456789"
+TRAINING = {"command": ["spec-train", "--data", "data/", "-o", "out/"], "steps": 120, "epochs": 2, "final": {"loss": 3.25}}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """A tiny verifier, an EAGLE-3 checkpoint recording it, and a real spec-bench report of the two."""
+    root = tmp_path_factory.mktemp("push")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")})).save_pretrained(root / "verifier")
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="t63", pad_token="t0").save_pretrained(root / "verifier")
+    spec_tools = {
+        "version": libspec.__version__,
+        "format_version": 1,
+        "verifier": fingerprint_verifier(str(root / "verifier")).to_dict(),
+        "dataset": {"fingerprint": "ab" * 32, "layer_ids": [1, 2, 3, 4], "num_records": 10, "num_tokens": 1234},
+        "training": TRAINING,
+    }
+    verifier_config = json.loads((root / "verifier" / "config.json").read_text())
+    config = eagle3.make_config(verifier_config, VERIFIER_ID, eagle3.Eagle3Options(aux_layer_ids=(1, 2, 3)), spec_tools=spec_tools)
+    ckpt.write_checkpoint(root / "ckpt", config, random_checkpoint_tensors(config))
+    (root / "ckpt" / "optimizer.pt").write_bytes(b"not for the Hub")
+    # 12 prompts x 64 tokens: enough tokens and rounds that spec-bench raises no "too few" flag.
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"t{4 + i} t{5 + i} t{6 + i}"}) + "\n" for i in range(12)))
+    spec_bench.main([
+        "--verifier", str(root / "verifier"), "--speculator", str(root / "ckpt"), "--prompts", str(root / "prompts.jsonl"),
+        "--k", "1-2", "--max-new-tokens", "64", "-o", str(root / "report.json"),
+    ])  # fmt: skip
+    return root
+
+
+def report_of(root: Path) -> dict:
+    return json.loads((root / "report.json").read_text())
+
+
+def table_rows(card: str, heading: str) -> list[list[str]]:
+    """The cells of the measured table under `heading`, header row excluded."""
+    section = card.split(heading, 1)[1].split("\n#", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+# ---- the card -------------------------------------------------------------------------------
+
+
+def test_card_numbers_are_the_reports(measured):
+    report = report_of(measured)
+    assert all(not run["derived"]["flags"] for s in report["prompt_sets"] for run in s["runs"])  # a clean report
+    plan = plan_push(measured / "ckpt", [measured / "report.json"], PushOptions(REPO, license="apache-2.0"))
+    assert plan.gate.ok, plan.gate.problems
+    card = plan.card
+
+    rows = table_rows(card, "### `bench/report.json`")
+    expected = []
+    for prompt_set in report["prompt_sets"]:
+        for run in prompt_set["runs"]:
+            d = run["derived"]
+            k = f"**{run['k']}**" if run["k"] == prompt_set["best_k"] else str(run["k"])
+            expected.append([
+                prompt_set["name"], str(prompt_set["num_prompts"]), k, f"{d['tau']:.2f}",
+                " ".join(f"{a:.2f}" for a in d["per_position_acceptance"]), f"{d['speedup']:.2f}×",
+                f"{d['predicted_speedup']:.2f}×", f"{d['tokens_per_s']:.0f}", f"{d['baseline_tokens_per_s']:.0f}", "✓",
+            ])  # fmt: skip
+    assert rows == expected
+    settings = report["settings"]
+    for fact in (report["command"], report["hardware"], report["created_at"], report["engine"], f"{settings['max_new_tokens']} new tokens", "greedy"):
+        assert fact in card
+
+    metadata = ModelCard(card).data
+    assert metadata.base_model == VERIFIER_ID and metadata.license == "apache-2.0" and metadata.library_name == "speculators"
+    assert {"speculative-decoding", "eagle3", "speculators"} <= set(metadata.tags)
+    assert "vllm serve org/tiny-spec\n" in card
+    assert """vllm serve org/tiny-verifier --speculative-config '{"method": "eagle3", "model": "org/tiny-spec", "num_speculative_tokens": 3}'""" in card
+    assert "| verifier layers read (aux layer ids) | [1, 2, 3] |" in card and "| draft vocabulary | 64 (the verifier's full vocabulary) |" in card
+    tensors = ckpt.load_tensors(measured / "ckpt")
+    total = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+    assert f"| parameters | {total:,} ({total - tensors['embed_tokens.weight'].numel():,} without `embed_tokens`) |" in card
+    assert "ab" * 32 in card and "10 records, 1,234 tokens" in card and "spec-train --data data/ -o out/" in card and "steps: 120" in card
+    assert "not available in this spec-tools build" in card  # says which gates did not run
+
+
+def test_card_without_reports_says_nothing_was_measured(measured):
+    card = plan_push(measured / "ckpt", [], PushOptions(REPO)).card
+    assert "Nothing was measured" in card
+    assert "| prompt set |" not in card and "τ" not in card
+
+
+def test_local_verifier_gets_no_base_model_and_only_the_explicit_command(measured, tmp_path):
+    shutil.copytree(measured / "ckpt", tmp_path / "ckpt")
+    config = ckpt.read_config(tmp_path / "ckpt")
+    config["speculators_config"]["verifier"]["name_or_path"] = str(measured / "verifier")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    plan = plan_push(tmp_path / "ckpt", [], PushOptions(REPO))
+    assert plan.gate.ok and any("not a Hub id" in note for note in plan.gate.notes)
+    assert ModelCard(plan.card).data.base_model is None
+    assert "vllm serve org/tiny-spec\n" not in plan.card and f"vllm serve {measured / 'verifier'} --speculative-config" in plan.card
+
+
+def test_number_formatting():
+    assert number(None) == "—" and number(1.23456) == "1.23" and number(2.0, "×") == "2.00×" and number(250.4, digits=0) == "250"
+
+
+# ---- the command line: dry run, refusals, --force, --to-dir ----------------------------------
+
+
+def test_dry_run_prints_exactly_the_files_and_the_card(measured, capsys):
+    args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--dry-run"]
+    assert spec_push.main([*args, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    expected = {"config.json": measured / "ckpt" / "config.json", "model.safetensors": measured / "ckpt" / "model.safetensors", "bench/report.json": measured / "report.json"}
+    files = {f["path"]: f for f in document["files"]}
+    assert set(files) == {"README.md", *expected}
+    for path, source in expected.items():
+        assert files[path]["bytes"] == source.stat().st_size and files[path]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    card = document["card"]
+    assert files["README.md"]["sha256"] == hashlib.sha256(card.encode()).hexdigest()
+    assert document["left_out"] == ["optimizer.pt"] and document["ok"] is True
+
+    assert spec_push.main(args) == 0
+    out = capsys.readouterr().out
+    assert card.strip() in out  # the card is printed as it will be uploaded
+    tau = report_of(measured)["prompt_sets"][0]["runs"][0]["derived"]["tau"]
+    assert f"| {tau:.2f} |" in out and "optimizer.pt" in out and f"{(measured / 'ckpt' / 'model.safetensors').stat().st_size:,}" in out
+
+
+def broken_checkpoint(measured: Path, target: Path) -> Path:
+    """The measured checkpoint with a config vLLM would misread and a tensor its loader would reject."""
+    shutil.copytree(measured / "ckpt", target)
+    config = ckpt.read_config(target)
+    del config["norm_before_residual"]
+    config["eagle_aux_hidden_state_layer_ids"] = [3, 1, 2]
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_invalid_folder_is_refused_listing_every_problem(measured, tmp_path, capsys):
+    folder = broken_checkpoint(measured, tmp_path / "ckpt")
+    problems = validate(str(folder)).problems
+    assert len(problems) >= 2
+    assert spec_push.main([str(folder), REPO, "--to-dir", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "refusing to publish" in out and all(p in out for p in problems)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecError, match="refusing to publish"):  # the library refuses too, not only the front door
+        write_folder(plan_push(folder, [], PushOptions(REPO)), tmp_path / "out")
+
+
+def test_force_publishes_but_says_so_loudly_and_in_the_card(measured, tmp_path, capsys):
+    folder = broken_checkpoint(measured, tmp_path / "ckpt")
+    assert spec_push.main([str(folder), REPO, "--dry-run", "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "--force: publishing despite" in captured.err
+    card = captured.out.split("--- README.md ---", 1)[1]
+    assert "Published with `--force`" in card and all(p in card for p in validate(str(folder)).problems)
+
+
+def recomputed(report: dict) -> dict:
+    """Re-derive every figure so that only the raw counts were edited."""
+    greedy = report["settings"]["temperature"] == 0
+    for prompt_set in report["prompt_sets"]:
+        for run in prompt_set["runs"]:
+            run["derived"] = derive(run["k"], run, prompt_set["baseline"], greedy)
+    return report
+
+
+def edit_tau(r):
+    r["prompt_sets"][0]["runs"][0]["derived"]["tau"] += 0.5
+
+
+def flag_output_differs(r):
+    r["prompt_sets"][0]["runs"][1]["mismatched_prompts"] = [0]
+    recomputed(r)
+
+
+def too_many_tokens(r):
+    r["prompt_sets"][0]["runs"][0]["tokens"] += 1000
+    recomputed(r)
+
+
+def other_weights(r):
+    r["speculator"]["weight_files"]["model.safetensors"] = "0" * 64
+
+
+def other_aux_layers(r):
+    r["speculator"]["aux_layer_ids"] = [1, 2, 4]
+
+
+def other_verifier(r):
+    r["verifier"]["tokenizer_sha256"] = "0" * 64
+
+
+def no_settings(r):
+    del r["settings"]
+
+
+def baseline_only(r):
+    r["speculator"] = None
+
+
+BAD_REPORTS = {
+    "figure edited by hand": (edit_tau, "derived.tau is"),
+    "sanity flag": (flag_output_differs, "sanity flag: greedy output differs from the verifier's own on prompts [0]"),
+    "raw counts that cannot add up": (too_many_tokens, "but its rounds can yield at most"),
+    "measured other weights": (other_weights, "measured other weights"),
+    "measured another draft": (other_aux_layers, "aux_layer_ids [1, 2, 4], this checkpoint has [1, 2, 3]"),
+    "measured another verifier": (other_verifier, "measured another verifier than the one this checkpoint was trained for: tokenizer_sha256"),
+    "schema": (no_settings, "schema: at (top level): 'settings' is a required property"),
+    "baseline only": (baseline_only, "baseline-only report"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REPORTS)
+def test_bad_report_is_refused_naming_the_file_and_the_problem(measured, tmp_path, case):
+    edit, message = BAD_REPORTS[case]
+    report = report_of(measured)
+    edit(report)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(report))
+    plan = plan_push(measured / "ckpt", [measured / "report.json", path], PushOptions(REPO))
+    assert not plan.allowed and plan.gate.checkpoint_problems == []
+    assert any(p.startswith(f"{path}: ") and message in p for p in plan.gate.report_problems), plan.gate.report_problems
+    assert not any(str(measured / "report.json") in p for p in plan.gate.report_problems)  # the good one passes
+
+
+def test_unreadable_report_is_refused_with_one_line(measured, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{")
+    assert spec_push.main([str(measured / "ckpt"), REPO, "--bench", str(tmp_path / "bad.json"), "--dry-run"]) == 1
+    assert f"{tmp_path / 'bad.json'}: not valid JSON" in capsys.readouterr().out
+
+
+def test_report_from_stdin(measured, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((measured / "report.json").read_bytes())))
+    assert spec_push.main([str(measured / "ckpt"), REPO, "--bench", "-", "--dry-run", "--json"]) == 0
+    assert "bench/stdin.json" in [f["path"] for f in json.loads(capsys.readouterr().out)["files"]]
+
+
+def test_to_dir_writes_a_folder_that_validates_and_loads_back(measured, tmp_path, capsys):
+    out = tmp_path / "hub-ready"
+    args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--to-dir", str(out)]
+    assert spec_push.main(args) == 0
+    assert validate(str(out)).ok
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["README.md", "bench/report.json", "config.json", "model.safetensors"]
+    original, copy = ckpt.load_tensors(measured / "ckpt"), ckpt.load_tensors(out)
+    assert original.keys() == copy.keys() and all(torch.equal(original[n], copy[n]) for n in original)
+    assert ckpt.read_config(out) == ckpt.read_config(measured / "ckpt")
+    assert (out / "bench" / "report.json").read_bytes() == (measured / "report.json").read_bytes()
+    assert "| prompt set |" in (out / "README.md").read_text()
+
+    assert spec_push.main(args) == 0  # publishing again replaces the folder as a whole
+    assert validate(str(out)).ok and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_to_dir_never_replaces_a_folder_that_is_not_a_checkpoint(measured, tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="exists and is not a checkpoint folder"):
+        write_folder(plan_push(measured / "ckpt", [], PushOptions(REPO)), tmp_path / "home")
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+
+
+def test_atomic_directory_keeps_the_old_folder_when_anything_fails(tmp_path, monkeypatch):
+    import os
+
+    from libspec.atomic import atomic_directory
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "new.txt").write_text("new")
+            raise RuntimeError("writer failed")
+    real_replace, calls = os.replace, []
+
+    def replace_failing_the_swap(src, dst):  # moving the old folder aside works, putting the new one in place fails
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_failing_the_swap)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_directory(target) as staging:
+            (staging / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ---- the upload, through huggingface_hub's real client -----------------------------------------
+
+
+class FakeHub:
+    """The Hub endpoints huggingface_hub 2.x calls for create_repo, model_info, create_branch and
+    create_commit (validate-yaml, preupload, LFS batch + PUT, commit), on 127.0.0.1; records every request."""
+
+    ROUTES = [
+        ("POST", r"/api/repos/create", "create_repo"),
+        ("POST", r"/api/validate-yaml", "validate_yaml"),
+        ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)", "model_info"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)", "create_branch"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", "preupload"),
+        ("POST", r"/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "lfs_batch"),
+        ("PUT", r"/lfs/(?P<oid>[0-9a-f]{64})", "lfs_put"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
+    ]
+
+    def __init__(self, repos: dict[str, bool] | None = None):
+        self.repos = dict(repos or {})  # repo id -> private
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.lfs: dict[str, bytes] = {}
+        self.commits: list[tuple[str, str, list[dict]]] = []
+        self.fail_commit = False
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.handle(self)
+
+            do_POST = do_PUT = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request):
+        body = read_body(request)
+        path = request.path.split("?", 1)[0]
+        self.requests.append((request.command, path, dict(request.headers), body))
+        for method, pattern, name in self.ROUTES:
+            match = re.fullmatch(pattern, path)
+            if method == request.command and match:
+                status, answer = getattr(self, name)(body, **match.groupdict())
+                break
+        else:
+            status, answer = 404, {"error": f"no route {request.command} {path}"}
+        data = json.dumps(answer).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def create_repo(self, body):
+        payload = json.loads(body)
+        repo = f"{payload['organization']}/{payload['name']}"
+        if repo in self.repos:
+            return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo}"}
+        self.repos[repo] = payload.get("visibility") == "private"
+        return 200, {"url": f"{self.url}/{repo}", "name": repo}
+
+    def validate_yaml(self, body):
+        content = json.loads(body)["content"]
+        yaml.safe_load(content.split("---\n")[1])  # the front matter must parse
+        return 200, {"errors": [], "warnings": []}
+
+    def model_info(self, body, repo):
+        if repo not in self.repos:
+            return 404, {"error": "Repository not found"}
+        return 200, {"id": repo, "private": self.repos[repo], "sha": "c" * 40, "siblings": []}
+
+    def create_branch(self, body, repo, rev):
+        return 200, {}
+
+    def preupload(self, body, repo, rev):
+        files = json.loads(body)["files"]
+        modes = [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular", "shouldIgnore": False} for f in files]
+        return 200, {"files": modes}
+
+    def lfs_batch(self, body, repo):
+        objects = json.loads(body)["objects"]
+        actions = [{**o, "authenticated": True, "actions": {"upload": {"href": f"{self.url}/lfs/{o['oid']}"}}} for o in objects]
+        return 200, {"transfer": "basic", "objects": actions}
+
+    def lfs_put(self, body, oid):
+        if hashlib.sha256(body).hexdigest() != oid:
+            return 400, {"error": "content does not match its oid"}
+        self.lfs[oid] = body
+        return 200, {}
+
+    def commit(self, body, repo, rev):
+        if self.fail_commit:
+            return 403, {"error": "You don't have the rights to create a commit in this repo"}
+        lines = [json.loads(line) for line in body.decode().splitlines() if line]
+        missing = [x["value"]["oid"] for x in lines if x["key"] == "lfsFile" and x["value"]["oid"] not in self.lfs]
+        if missing:
+            return 422, {"error": f"LFS objects not uploaded: {missing}"}
+        self.commits.append((repo, rev, lines))
+        return 200, {"commitUrl": f"{self.url}/{repo}/commit/{'d' * 40}", "commitOid": "d" * 40, "pullRequestUrl": None}
+
+    def committed_files(self) -> dict[str, bytes]:
+        """Path -> bytes of the one commit, LFS files resolved to what was PUT."""
+        (_, _, lines), = self.commits
+        files = {}
+        for line in lines[1:]:
+            value = line["value"]
+            files[value["path"]] = base64.b64decode(value["content"]) if line["key"] == "file" else self.lfs[value["oid"]]
+            if line["key"] == "lfsFile":
+                assert value["size"] == len(files[value["path"]])
+        return files
+
+
+def read_body(request) -> bytes:
+    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(request.rfile.readline().split(b";")[0], 16):
+            chunks.append(request.rfile.read(size))
+            request.rfile.readline()
+        request.rfile.readline()
+        return b"".join(chunks)
+    return request.rfile.read(int(request.headers.get("Content-Length") or 0))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest sets offline mode for everything else
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # Xet's storage protocol cannot be emulated here; LFS can
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    server = FakeHub()
+    yield server
+    server.close()
+
+
+def test_upload_commits_exactly_the_planned_files_once(measured, hub, capsys):
+    args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--endpoint", hub.url, "--revision", "dev", "--private"]
+    assert spec_push.main(args) == 0
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    assert f"{hub.url}/{REPO}/commit/" in captured.out
+
+    assert hub.repos == {REPO: True}
+    assert len(hub.commits) == 1 and hub.commits[0][:2] == (REPO, "dev")
+    files = hub.committed_files()
+    expected = {"config.json": measured / "ckpt" / "config.json", "model.safetensors": measured / "ckpt" / "model.safetensors", "bench/report.json": measured / "report.json"}
+    assert set(files) == {"README.md", *expected}
+    for path, source in expected.items():
+        assert hashlib.sha256(files[path]).digest() == hashlib.sha256(source.read_bytes()).digest(), path
+    assert list(hub.lfs) == [hashlib.sha256((measured / "ckpt" / "model.safetensors").read_bytes()).hexdigest()]  # weights went by LFS
+    card = files["README.md"].decode()
+    assert ModelCard(card).data.base_model == VERIFIER_ID and "vllm serve org/tiny-spec\n" in card
+    tau = report_of(measured)["prompt_sets"][0]["runs"][0]["derived"]["tau"]
+    assert f"| {tau:.2f} |" in card
+    header = hub.commits[0][2][0]["value"]
+    assert header["summary"] == f"Upload speculator with spec-push {libspec.__version__}" and "spec-validate" in header["description"]
+
+    calls = [(method, path) for method, path, _, _ in hub.requests]
+    assert calls[0] == ("POST", "/api/repos/create") and calls[-1] == ("POST", f"/api/models/{REPO}/commit/dev")
+    assert ("POST", f"/api/models/{REPO}/branch/dev") in calls
+    assert all(headers.get("authorization") == f"Bearer {TOKEN}" for method, path, headers, _ in hub.requests if not path.startswith("/lfs/"))
+    assert not any(TOKEN.encode() in body for _, _, _, body in hub.requests)  # only ever in the header
+
+
+def test_private_push_to_an_existing_public_repo_is_refused(measured, hub, capsys):
+    hub.repos[REPO] = False
+    assert_fails(spec_push.main, [str(measured / "ckpt"), REPO, "--endpoint", hub.url, "--private"], "exists and is public")
+    assert hub.commits == []
+    assert TOKEN not in "".join(capsys.readouterr())
+
+
+def test_hub_errors_become_one_line_without_the_token(measured, hub, capsys):
+    hub.fail_commit = True
+    assert_fails(spec_push.main, [str(measured / "ckpt"), REPO, "--endpoint", hub.url], f"upload to {hub.url}/{REPO} failed")
+    assert TOKEN not in "".join(capsys.readouterr())
+    create = next(json.loads(body) for method, path, _, body in hub.requests if path == "/api/repos/create")
+    assert "visibility" not in create  # without --private the namespace's default applies
+
+
+def test_no_token_is_a_clear_error(measured, hub, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert_fails(spec_push.main, [str(measured / "ckpt"), REPO, "--endpoint", hub.url], "no Hugging Face token")
+    assert hub.requests == []
+
+
+def assert_fails(main, args, message):
+    with pytest.raises(SpecError, match=re.escape(message)) as error:
+        main(args)
+    assert "\n" not in str(error.value)

@@ -1,0 +1,175 @@
+"""spec-push: publish a validated speculator to the Hugging Face Hub with a card whose numbers were measured."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from rich.markup import escape
+from rich.table import Table
+
+from libspec.errors import SpecError
+from libspec.publish import PushOptions, PushPlan, plan_push, upload, write_folder
+from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
+
+DESCRIPTION = """\
+Publish a speculator checkpoint to the Hugging Face Hub (or another hub) in one commit, with a
+generated model card (README.md).
+
+First the gate: the folder must pass spec-validate, and every bench report given with --bench must
+match its schema, hold figures equal to what its raw counts give, carry no sanity flag, have raw
+counts that add up, and have been measured on these weights and this verifier. Any problem refuses
+the push (exit 1) and is listed; --force publishes anyway, says loudly what it skipped and records
+it in the card.
+
+The card states what the speculator is (algorithm, draft layers, draft vocabulary, aux layer ids,
+k, dtype, parameters), the exact `vllm serve` commands, the measured table of every report (τ,
+per-position acceptance, speedup measured and predicted, tokens/s, lossless, with the hardware and
+the bench command) and the provenance recorded in config.json. Every number is copied from the
+files by code; with no report the card says that nothing was measured.
+
+Published: config.json, the weights (and their index), README.md, and the reports as bench/*.json.
+Other files in the folder are not uploaded. The token comes from HF_TOKEN or the saved login
+(`hf auth login`) and is never printed."""
+
+EPILOG = """\
+examples:
+  spec-push out/best me/Llama-3.2-1B-speculator.eagle3 --bench report.json --dry-run
+  spec-push out/best me/Llama-3.2-1B-speculator.eagle3 --bench report.json --to-dir hub-ready/
+  spec-push out/best me/Llama-3.2-1B-speculator.eagle3 --bench report.json --private --license apache-2.0
+  spec-bench ... --json | spec-push out/best me/spec --bench - --dry-run"""
+
+
+def build_parser():
+    parser = make_parser("spec-push", DESCRIPTION, EPILOG)
+    parser.add_argument("checkpoint", metavar="CKPT_DIR", help="speculator checkpoint folder")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, e.g. me/Llama-3.1-8B-speculator.eagle3")
+    parser.add_argument("--bench", action="extend", nargs="+", default=[], metavar="BENCH.json", help="spec-bench report(s) to publish in the card (- reads one from stdin)")
+    parser.add_argument("--private", action="store_true", help="create the repository private (refused if it exists and is public)")
+    parser.add_argument("--revision", help="branch to commit to (created if missing; default main)")
+    parser.add_argument("--commit-message", help="commit title (default: 'Upload speculator with spec-push VERSION')")
+    parser.add_argument("--license", help="license id for the card's metadata, e.g. apache-2.0 (the verifier's terms may bind you too)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dry-run", action="store_true", help="print the files, sizes, checksums and the card; upload nothing")
+    where.add_argument("--to-dir", metavar="DIR", help="write the Hub-ready folder to DIR (atomically) instead of uploading")
+    parser.add_argument("--force", action="store_true", help="publish even if the gate finds problems (they are printed and put in the card)")
+    parser.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_repo_id(args.repo_id)
+    options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force)
+    with tempfile.TemporaryDirectory(prefix="spec-push-") as scratch:
+        bench_paths = [_stdin_to_file(Path(scratch)) if path == "-" else path for path in args.bench]
+        plan = plan_push(args.checkpoint, bench_paths, options)
+        if not plan.allowed:
+            return _refuse(plan, args.json)
+        if not args.json:
+            print_gate(plan)
+        result = _act(plan, args)
+    if args.json:
+        print_json({**plan_document(plan), **result})
+    return EXIT_OK
+
+
+def _act(plan: PushPlan, args) -> dict:
+    """Do what was asked (show, write or upload) and return the JSON fields that describe it."""
+    if args.dry_run:
+        if not args.json:
+            print_dry_run(plan)
+        return {"action": "dry-run"}
+    if args.to_dir:
+        directory = write_folder(plan, args.to_dir)
+        if not args.json:
+            stdout.print(f"[green]wrote[/] {len(plan.items)} files to [bold]{escape(str(directory))}[/]")
+        return {"action": "to-dir", "path": str(directory)}
+    commit_url = upload(plan, endpoint=args.endpoint)
+    if not args.json:
+        stdout.print(f"[green]uploaded[/] {len(plan.items)} files to [bold]{escape(plan.options.repo_id)}[/]: {escape(commit_url)}")
+    return {"action": "upload", "commit_url": commit_url}
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise SpecError(f"REPO_ID {repo_id!r}: {error}") from None
+
+
+def _stdin_to_file(scratch: Path) -> Path:
+    """A report piped in (`--bench -`) is kept as bench/stdin.json."""
+    path = scratch / "stdin.json"
+    with open(path, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out)
+    return path
+
+
+def _refuse(plan: PushPlan, as_json: bool) -> int:
+    if as_json:
+        print_json({**plan_document(plan), "action": "refused"})
+    else:
+        print_gate(plan)
+        stdout.print("[bold red]refusing to publish[/]: fix the problems above, or pass --force to publish anyway (the card will say so)")
+    return EXIT_FAILURE
+
+
+def plan_document(plan: PushPlan) -> dict:
+    """The plan as JSON: gate, files and card (the token never appears here)."""
+    gate = plan.gate
+    return {
+        "ok": gate.ok,
+        "forced": plan.options.force and not gate.ok,
+        "checkpoint": str(plan.checkpoint),
+        "repo_id": plan.options.repo_id,
+        "revision": plan.options.revision or "main",
+        "private": plan.options.private,
+        "gate": {"problems": gate.problems, "checks": gate.checks, "notes": gate.notes},
+        "files": [{"path": i.path_in_repo, "bytes": i.num_bytes, "sha256": i.sha256, "source": str(i.source) if i.source else None} for i in plan.items],
+        "left_out": plan.left_out,
+        "card": plan.card,
+    }
+
+
+def print_gate(plan: PushPlan) -> None:
+    """Verdict, the checks that ran, every problem, the notes; --force is announced on stderr, loudly."""
+    gate = plan.gate
+    mark = "[green]✓ passed[/]" if gate.ok else f"[red]✗ {len(gate.problems)} problem(s)[/]"
+    stdout.print(f"{mark}  gate for [bold]{escape(str(plan.checkpoint))}[/] → {escape(plan.options.repo_id)}")
+    for line in gate.checks:
+        stdout.print(f"    {escape(line)}", style="dim")
+    for problem in gate.problems:
+        stdout.print(f"  [red]-[/] {escape(problem)}")
+    for note in gate.notes:
+        stdout.print(f"  [yellow]note:[/] {escape(note)}")
+    if plan.options.force and not gate.ok:
+        stderr.print(f"[bold red]⚠ --force: publishing despite {len(gate.problems)} problem(s) listed above; the card records them[/]")
+
+
+def print_dry_run(plan: PushPlan) -> None:
+    """The exact files with sizes and checksums, what stays home, then the card as it will be uploaded."""
+    table = Table(title=f"would upload to {escape(plan.options.repo_id)} (revision {escape(plan.options.revision or 'main')}, "
+                        f"{'private' if plan.options.private else 'public unless the namespace defaults to private'})", title_justify="left")
+    for column, justify in (("file", "left"), ("bytes", "right"), ("sha256", "left"), ("from", "left")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for item in plan.items:
+        table.add_row(escape(item.path_in_repo), f"{item.num_bytes:,}", item.sha256, escape(str(item.source) if item.source else "generated"))
+    stdout.print(table)
+    if plan.left_out:
+        stdout.print(f"not uploaded (not part of a checkpoint): {escape(', '.join(plan.left_out))}")
+    stdout.print(f"\n[bold]--- {escape('README.md')} ---[/]")
+    stdout.out(plan.card, highlight=False)
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
