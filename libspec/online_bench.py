@@ -143,14 +143,12 @@ def profile_steps(settings: OnlineSettings) -> list[tuple[dict, list[dict]]]:
 def replay_steps(baseline_rows: list[dict]) -> list[tuple[dict, list[dict]]]:
     """Steps that give the speculative endpoint exactly the load levels the baseline's sweep ran."""
     steps: list[tuple[dict, list[dict]]] = []
-    types = [row["strategy"]["type"] for row in baseline_rows]
-    for kind in ("synchronous", "throughput"):
-        if kind in types:
-            steps.append(({"kind": kind}, []))
-    for kind in ("constant", "poisson"):
-        rates = [row["strategy"]["rate"] for row in baseline_rows if row["strategy"]["type"] == kind]
-        if rates:
-            steps.append(({"kind": kind}, [{"profile.rate": rate} for rate in rates]))
+    for kind in ("synchronous", "throughput", "constant", "poisson"):
+        levels = [row["strategy"] for row in baseline_rows if row["strategy"]["type"] == kind]
+        if not levels:
+            continue
+        profile = {"kind": kind} | ({"max_concurrency": levels[0]["max_concurrency"]} if "max_concurrency" in levels[0] else {})
+        steps.append((profile, [{"profile.rate": level["rate"]} for level in levels if "rate" in level]))
     return steps
 
 
@@ -206,14 +204,16 @@ def _distribution(metrics: dict, name: str, scope: str = "successful") -> dict:
 
 
 def strategy_of(benchmark: dict) -> dict:
-    """A load level as {type, rate | streams}: the key that pairs baseline and speculative rows."""
+    """A load level as {type, rate | streams, max_concurrency}: the key that pairs baseline and speculative rows."""
     strategy = benchmark["config"]["strategy"]
     kind = strategy["type_"]
     key = {"type": kind}
     if kind in ("constant", "poisson"):
-        key["rate"] = round(float(strategy["rate"]), 6)
+        key["rate"] = float(strategy["rate"])
     elif kind == "concurrent":
         key["streams"] = int(strategy["streams"])
+    if kind in ("throughput", "constant", "poisson") and strategy.get("max_concurrency") is not None:
+        key["max_concurrency"] = int(strategy["max_concurrency"])  # a sweep's cap, replayed as is
     return key
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -150,20 +151,19 @@ class Engine:
         """Generate for one request; `on_text(new_text, tokens_so_far)` hears each step's text as it is decided."""
         with self.stats_lock:
             self.stats.requests_waiting += 1
-        try:
-            with self.generate_lock:
-                with self.stats_lock:
-                    self.stats.requests_waiting -= 1
-                    self.stats.requests_running += 1
-                try:
-                    return self._complete(request, on_text)
-                finally:
-                    with self.stats_lock:
-                        self.stats.requests_running -= 1
-        except BaseException:
+        with self.generate_lock:
             with self.stats_lock:
-                self.stats.finished["abort"] = self.stats.finished.get("abort", 0) + 1
-            raise
+                self.stats.requests_waiting -= 1
+                self.stats.requests_running += 1
+            finish_reason = "abort"  # unless it completes: a client gone mid-stream, an engine error
+            try:
+                completion = self._complete(request, on_text)
+                finish_reason = completion.finish_reason
+            finally:
+                with self.stats_lock:
+                    self.stats.requests_running -= 1
+                    self.stats.finished[finish_reason] = self.stats.finished.get(finish_reason, 0) + 1
+        return completion
 
     def _complete(self, request: CompletionRequest, on_text) -> Completion:
         stream = TextStream(self.tokenizer)
@@ -196,8 +196,6 @@ class Engine:
         if tail and on_text:
             on_text(tail, produced)
         finish_reason = "stop" if generation.tokens and generation.tokens[-1] in eos_ids else "length"
-        with self.stats_lock:
-            self.stats.finished[finish_reason] = self.stats.finished.get(finish_reason, 0) + 1
         text = self.tokenizer.decode(generation.tokens, skip_special_tokens=True)
         return Completion(text, len(prompt), generation, finish_reason)
 
@@ -578,6 +576,14 @@ class OpenAIServer(ThreadingHTTPServer):
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 8000):
         self.engine = engine
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client closing its keep-alive connection is routine, not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            log.debug("%s closed the connection: %s", client_address, error)
+        else:
+            log.exception("error while serving %s", client_address)
 
     @property
     def url(self) -> str:
