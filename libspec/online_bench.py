@@ -218,6 +218,7 @@ def strategy_of(benchmark: dict) -> dict:
 
 
 def strategy_label(strategy: dict) -> str:
+    """A load level in words: `concurrency 4`, `2.5 req/s`, `synchronous`."""
     if "rate" in strategy:
         return f"{strategy['rate']:.3g} req/s" + (" (poisson)" if strategy["type"] == "poisson" else "")
     if "streams" in strategy:

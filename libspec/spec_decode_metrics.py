@@ -56,6 +56,7 @@ class SpecDecodeCounters:
         )
 
     def to_dict(self) -> dict:
+        """The counters under vLLM's names (without the `vllm:spec_decode_` prefix)."""
         return {
             "num_drafts": self.drafts,
             "num_draft_tokens": self.draft_tokens,
