@@ -336,6 +336,8 @@ def _data_source(settings: OnlineSettings, workdir: Path) -> dict:
     if settings.prompts is None:
         return {"kind": "synthetic_text", "prompt_tokens": settings.prompt_tokens, "output_tokens": settings.output_tokens}
     prompt_set = load_prompt_set(settings.prompts)  # checks the file; GuideLLM reads `prompt` / `messages` itself
+    if settings.request_format == "completions" and any("prompt" not in item for item in prompt_set.items):
+        raise SpecError(f"{settings.prompts}: /v1/completions needs a 'prompt' on every line (some have only 'messages'); use --request-format chat")
     rows = [{**item, "output_tokens_count": settings.output_tokens} for item in prompt_set.items]
     path = workdir / "prompts.jsonl"
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))

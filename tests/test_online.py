@@ -23,7 +23,7 @@ from libspec.algorithms import eagle3
 from libspec.decoding import Verifier, autoregressive_generate, speculative_generate
 from libspec.errors import SpecError
 from libspec.models import eos_token_ids
-from libspec.online_bench import derive_row, endpoint_flags, find_guidellm, replay_steps
+from libspec.online_bench import OnlineSettings, _data_source, derive_row, endpoint_flags, find_guidellm, replay_steps
 from libspec.openai_server import ServerConfig, TextStream, load_engine, make_server
 from libspec.prompts import encode_prompt
 
@@ -421,6 +421,17 @@ def test_a_sweep_is_replayed_at_the_baselines_rates():
         ({"kind": "throughput", "max_concurrency": 512}, []),
         ({"kind": "constant", "max_concurrency": 512}, [{"profile.rate": 2.5}, {"profile.rate": 4.0}]),
     ]
+
+
+def test_prompt_files_become_guidellm_data_with_the_output_length(tiny, tmp_path):
+    settings = OnlineSettings("http://a", "http://b", prompts=str(tiny / "prompts.jsonl"), output_tokens=9)
+    data = _data_source(settings, tmp_path)
+    rows = [json.loads(line) for line in Path(data["path"]).read_text().splitlines()]
+    assert data["kind"] == "json_file" and rows[0] == {"prompt": "t4 t5 t6 t7", "output_tokens_count": 9}
+    assert rows[2]["messages"] == PROMPTS[2]["messages"]
+    with pytest.raises(SpecError, match="/v1/completions needs a 'prompt' on every line"):
+        _data_source(OnlineSettings("http://a", "http://b", prompts=str(tiny / "prompts.jsonl"), request_format="completions"), tmp_path)
+    assert _data_source(OnlineSettings("http://a", "http://b", prompt_tokens=5), tmp_path) == {"kind": "synthetic_text", "prompt_tokens": 5, "output_tokens": 128}
 
 
 def test_missing_guidellm_is_a_clear_error(tmp_path):
