@@ -14,7 +14,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from libspec.atomic import atomic_directory, write_text_atomic
+from libspec.atomic import atomic_directory, default_file_mode, write_text_atomic
 from libspec.digest import digest_file
 from libspec.errors import SpecError
 
@@ -116,6 +116,8 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
         for path in staging.iterdir():
+            # safetensors creates its file 0600; give every file what a plain open() would (SPEC.md §2).
+            path.chmod(default_file_mode())
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
     return directory

@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable
 import torch
 
 from libspec import checkpoint as ckpt
-from libspec.algorithms import algorithm_for
+from libspec.algorithms import algorithm_for, algorithm_name, eagle
 from libspec.dataset import MANIFEST, Dataset, read_manifest
 from libspec.errors import SpecError, where
 from libspec.records import read_record_shard, record_problems
@@ -216,8 +216,9 @@ def _check_stream(report: Report, stdin: BinaryIO | None) -> None:
 
 def _check_checkpoint(report: Report) -> None:
     config = ckpt.read_config(report.path)
-    report.problems.extend(f"{ckpt.CONFIG} {p}" for p in schema_problems("speculator-config", config))
-    model_type = config.get("speculators_model_type")
+    model_type = algorithm_name(config)
+    if model_type != eagle.ALGORITHM:  # EAGLE-1 folders are plain HF configs, not speculators configs
+        report.problems.extend(f"{ckpt.CONFIG} {p}" for p in schema_problems("speculator-config", config))
     algorithm = algorithm_for(model_type)
     if algorithm is None:
         report.problems.append(f"{ckpt.CONFIG}: speculators_model_type {model_type!r} is not one spec-tools can check")
@@ -229,22 +230,8 @@ def _check_checkpoint(report: Report) -> None:
     _check_weight_names_and_shapes(report, config, algorithm.expected_tensors(config), headers)
     if not report.problems:
         _check_weight_values(report, config, algorithm)
-    tl = config["transformer_layer_config"]
-    report.facts.update(
-        {
-            "algorithm": model_type,
-            "verifier": config["speculators_config"]["verifier"]["name_or_path"],
-            "draft_layers": tl["num_hidden_layers"],
-            "layer_style": tl["model_type"],
-            "hidden_size": tl["hidden_size"],
-            "vocab_size": tl["vocab_size"],
-            "draft_vocab_size": config.get("draft_vocab_size"),
-            "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
-            "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
-            "num_tensors": len(headers),
-            "parameters": sum(_numel(shape) for _, shape in headers.values()),
-        }
-    )
+    report.facts.update(algorithm.checkpoint_facts(config))
+    report.facts.update({"num_tensors": len(headers), "parameters": sum(_numel(shape) for _, shape in headers.values())})
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -284,7 +271,8 @@ def _check_weight_values(report: Report, config: dict, algorithm) -> None:
             if bad:
                 report.problems.append(f"{ckpt.WEIGHTS}: tensor {name} has {bad} NaN/inf values")
     if "d2t" in tensors:
-        report.problems.extend(vocab_map_problems(tensors["d2t"], tensors.get("t2d"), config["transformer_layer_config"]["vocab_size"]))
+        vocab_size = (config.get("transformer_layer_config") or config)["vocab_size"]
+        report.problems.extend(vocab_map_problems(tensors["d2t"], tensors.get("t2d"), vocab_size))
 
 
 def vocab_map_problems(d2t: torch.Tensor, t2d: torch.Tensor | None, vocab_size: int) -> list[str]:

@@ -129,3 +129,11 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path):
         ckpt.write_checkpoint(path, config, {"bad": "not a tensor"})
     assert validate(str(path)).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_checkpoint_files_get_the_umasks_permissions(tmp_path):
+    """Regression: safetensors writes its file 0600, which hid converted checkpoints from colleagues."""
+    from libspec.atomic import default_file_mode
+
+    path = write(tmp_path, make_config())
+    assert {(p.name, p.stat().st_mode & 0o777) for p in path.iterdir()} == {(n, default_file_mode()) for n in ("config.json", "model.safetensors")}

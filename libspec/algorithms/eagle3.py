@@ -238,3 +238,31 @@ def _layer_tensors(index, tl, hidden, heads, kv_heads, head_dim, inter) -> dict[
         specs["self_attn.k_proj.bias"] = (kv_heads * head_dim,)
         specs["self_attn.v_proj.bias"] = (kv_heads * head_dim,)
     return {prefix + name: TensorSpec(tuple(shape), "float") for name, shape in specs.items()}
+
+
+def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
+    """Where the draft does not fit the verifier it is meant for (sizes, aux layers in range)."""
+    lm = text_config(verifier_config)
+    tl = config.get("transformer_layer_config") or {}
+    problems = [f"{key} is {tl.get(key)} but the verifier's is {lm.get(key)}" for key in ("hidden_size", "vocab_size") if tl.get(key) != lm.get(key)]
+    layers = lm.get("num_hidden_layers")
+    aux = config.get("eagle_aux_hidden_state_layer_ids") or []
+    if isinstance(layers, int) and any(i > layers for i in aux):
+        problems.append(f"eagle_aux_hidden_state_layer_ids {aux} reach past the verifier's {layers} layers")
+    return problems
+
+
+def checkpoint_facts(config: dict) -> dict:
+    """What spec-validate reports about an EAGLE-3 checkpoint."""
+    tl = config["transformer_layer_config"]
+    return {
+        "algorithm": ALGORITHM,
+        "verifier": config["speculators_config"]["verifier"]["name_or_path"],
+        "draft_layers": tl["num_hidden_layers"],
+        "layer_style": tl["model_type"],
+        "hidden_size": tl["hidden_size"],
+        "vocab_size": tl["vocab_size"],
+        "draft_vocab_size": config.get("draft_vocab_size"),
+        "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
+        "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
+    }

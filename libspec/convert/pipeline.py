@@ -1,0 +1,134 @@
+"""One conversion end to end: read, detect, convert, write to a staging folder, validate it
+against SPEC.md and the verifier, compare its logits with the source's own math, and only then
+move it into place. A failed check leaves the output path as it was."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from libspec import checkpoint as ckpt
+from libspec.atomic import atomic_directory
+from libspec.algorithms import algorithm_for
+from libspec.convert.check import numeric_check
+from libspec.convert.common import ConvertOptions, load_verifier
+from libspec.convert.detect import detect_format, resolve_format
+from libspec.convert.source import load_source, looks_like_hub_id
+from libspec.errors import SpecError
+from libspec.validate import validate
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """Everything spec-convert was asked to do (recorded in its JSON output)."""
+
+    input: str
+    verifier: str
+    output: str
+    source_format: str | None = None  # None: detect
+    config_path: str | None = None  # for a lone weights file whose config.json is elsewhere
+    options: ConvertOptions = field(default_factory=ConvertOptions)
+    check_acceptance: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ConvertResult:
+    """What was written and the evidence that it is right."""
+
+    input: str
+    output: str
+    format: str
+    algorithm: str
+    decisions: list[dict]
+    notes: list[str]
+    validation: dict
+    numeric_check: dict | None
+    acceptance: dict | None
+    serve: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda message: None) -> ConvertResult:
+    """Convert INPUT into a checked spec-tools checkpoint at OUTPUT (see the module docstring)."""
+    output = Path(request.output).expanduser()
+    _refuse_unsafe_output(output, request.input)
+    progress("reading the source")
+    source = load_source(request.input, request.config_path)
+    name, module = resolve_format(request.source_format) if request.source_format else detect_format(source)
+    verifier = load_verifier(request.verifier)
+    progress(f"converting ({name})")
+    conversion = module.convert(source, verifier, request.options, name)
+    algorithm = algorithm_for(conversion.algorithm)
+    problems = algorithm.verifier_problems(conversion.config, verifier.config)
+    if problems:
+        raise SpecError(f"{request.input}: does not fit the verifier {request.verifier}: {'; '.join(problems)}")
+
+    # Written and checked in a staging folder that replaces OUTPUT only when every check passed.
+    with atomic_directory(output) as staging:
+        progress("writing")
+        ckpt.write_checkpoint(staging, conversion.config, conversion.tensors)
+        progress("validating")
+        report = validate(str(staging))
+        if not report.ok:
+            raise SpecError(f"the converted checkpoint is not valid: {'; '.join(report.problems)}")
+        progress("comparing logits with the source's own forward")
+        check = numeric_check(conversion, staging, verifier, request.seed)
+        if check is not None and not check.passed:
+            raise SpecError(
+                f"the converted draft does not reproduce the source: max |logit difference| {check.max_abs_diff:.3g} "
+                f"against the {check.reference} reference (largest |logit| {check.max_abs_logit:.3g}); nothing was written"
+            )
+
+    k = _speculative_tokens(conversion.algorithm, conversion.config)
+    acceptance = None
+    if request.check_acceptance:
+        from libspec.convert.acceptance import quick_acceptance
+
+        progress("measuring acceptance")
+        acceptance = quick_acceptance(output, verifier, k)
+    facts = {key: value for key, value in report.facts.items()}
+    return ConvertResult(
+        input=request.input,
+        output=str(output),
+        format=name,
+        algorithm=conversion.algorithm,
+        decisions=conversion.decisions_as_dicts(),
+        notes=conversion.notes,
+        validation={"ok": True, "facts": facts},
+        numeric_check=None if check is None else check.to_dict(),
+        acceptance=acceptance,
+        serve=serve_command(conversion.algorithm, str(output), request.verifier, k),
+    )
+
+
+def _refuse_unsafe_output(output: Path, source: str) -> None:
+    """Never replace the source, or a folder that is not a checkpoint."""
+    source_path = Path(source).expanduser()
+    if source_path.exists():
+        resolved = output.resolve()
+        if resolved == source_path.resolve() or resolved in source_path.resolve().parents:
+            raise SpecError(f"{output}: the output would replace the source {source}; choose another -o")
+    if output.exists():
+        if not output.is_dir():
+            raise SpecError(f"{output}: exists and is not a folder; refusing to replace it")
+        if any(output.iterdir()) and not (output / ckpt.CONFIG).is_file():
+            raise SpecError(f"{output}: exists, is not empty and holds no config.json; refusing to replace it")
+
+
+def _speculative_tokens(algorithm: str, config: dict) -> int:
+    if algorithm == "eagle":
+        return config["spec_tools"]["speculative_tokens"]
+    return config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
+
+
+def serve_command(algorithm: str, output: str, verifier: str, k: int) -> str:
+    """How to serve the result with vLLM (SPEC.md §11.4-11.5)."""
+    if algorithm != "eagle" and looks_like_hub_id(verifier) and not Path(verifier).exists():
+        return f"vllm serve {output}"
+    config = json.dumps({"method": algorithm, "model": output, "num_speculative_tokens": k})
+    return f"vllm serve {verifier} --speculative-config '{config}'"

@@ -1,0 +1,164 @@
+"""Reading a draft checkpoint in whatever layout it comes: a folder, one weights file plus a
+config, sharded weights with an index, or a Hugging Face Hub id.
+
+Pickled weights (`.bin`, `.pt`) are read with `torch.load(weights_only=True)` only, so a file
+holding anything but tensors is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from libspec.errors import SpecError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt"]
+
+
+@dataclass
+class Source:
+    """A draft checkpoint as found: its config.json and every tensor, under the source's own names."""
+
+    path: str
+    config: dict
+    config_path: Path
+    tensors: dict[str, torch.Tensor]
+    weight_files: list[Path] = field(default_factory=list)
+
+    def has(self, *names: str) -> bool:
+        return all(name in self.tensors for name in names)
+
+    def any_prefix(self, prefix: str) -> bool:
+        return any(name.startswith(prefix) for name in self.tensors)
+
+
+def load_source(path: str, config_path: str | None = None) -> Source:
+    """Read INPUT (folder, weights file, or Hub id) and its config into a Source."""
+    location = Path(path).expanduser()
+    if location.is_dir():
+        files = weight_files_in(location)
+        config_file = Path(config_path) if config_path else location / "config.json"
+    elif location.is_file():
+        files = [location]
+        config_file = Path(config_path) if config_path else location.parent / "config.json"
+    elif looks_like_hub_id(path):
+        source = load_source(str(download_from_hub(path)), config_path)
+        source.path = path  # name it as the user did (and as the converted checkpoint records it)
+        return source
+    else:
+        raise SpecError(f"{path}: no such file or directory (and not a Hugging Face Hub id)")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        for name, tensor in read_weights(file).items():
+            if name in tensors:
+                raise SpecError(f"{file}: tensor {name} also appears in another weights file")
+            tensors[name] = tensor
+    if not tensors:
+        raise SpecError(f"{path}: the weights hold no tensors")
+    return Source(path, read_config(config_file), config_file, tensors, files)
+
+
+def weight_files_in(directory: Path) -> list[Path]:
+    """The weights of a folder: a shard index wins, then the usual single file, then a lone weights file."""
+    for index_name in SHARD_INDEXES:
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SpecError(f"{index}: not a shard index (expected a JSON object with weight_map): {error}") from None
+            shards = [directory / name for name in sorted(set(weight_map.values()))]
+            missing = [str(s) for s in shards if not s.is_file()]
+            if missing:
+                raise SpecError(f"{index}: lists shard(s) that do not exist: {', '.join(missing)}")
+            return shards
+    for name in SINGLE_FILES:
+        if (directory / name).is_file():
+            return [directory / name]
+    candidates = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file())
+    safetensor_files = [p for p in candidates if p.suffix == ".safetensors"]
+    for group in (safetensor_files, candidates):
+        if len(group) == 1:
+            return group
+        if len(group) > 1:
+            names = ", ".join(p.name for p in group)
+            raise SpecError(f"{directory}: several weights files ({names}) and no shard index; pass one file as INPUT")
+    raise SpecError(f"{directory}: no weights found (expected *.safetensors, a shard index, or pytorch_model.bin)")
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one weights file: safetensors directly, pickles with weights_only=True."""
+    if file.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(file))
+        except (safetensors.SafetensorError, OSError) as error:
+            raise SpecError(f"{file}: not a readable safetensors file: {error}") from None
+    if file.suffix not in PICKLE_SUFFIXES:
+        raise SpecError(f"{file}: unknown weights format (expected .safetensors, .bin or .pt)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        raise SpecError(f"{file}: refused: it holds pickled objects other than tensors ({first_line}); only weights_only loading is allowed") from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise SpecError(f"{file}: not a readable PyTorch weights file: {error}") from None
+    return _state_dict(state, file)
+
+
+def _state_dict(state, file: Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict; training checkpoints that wrap it in one key are unwrapped."""
+    if isinstance(state, dict) and len(state) == 1:
+        (key, inner), = state.items()
+        if key in ("state_dict", "model", "module") and isinstance(inner, dict):
+            state = inner
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise SpecError(f"{file}: expected a dict of named tensors")
+    return dict(state)
+
+
+def read_config(path: Path) -> dict:
+    """The source's config.json (one-line error when missing or broken)."""
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: missing; the source's config.json is needed (pass --config for a lone weights file)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"{path}: expected a JSON object")
+    return config
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """owner/name made of the characters the Hub allows."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """A local snapshot of a Hub repository (the cache when offline)."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=offline))
+    except Exception as error:  # the hub client raises many types; all mean "not available here"
+        why = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline else f"download failed: {error.__class__.__name__}"
+        raise SpecError(f"{repo_id}: not a local path; as a Hugging Face Hub id it is not available: {why}") from None
