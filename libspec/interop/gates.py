@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,18 +18,31 @@ GATES = ("vllm", "upstream")
 GATE_MODULES = {"vllm": "libspec.interop.vllm_gate", "upstream": "libspec.interop.upstream_gate"}
 GATE_PACKAGES = {"vllm": "vllm", "upstream": "speculators"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTALL_HINT = "run ./just gates to install it (a separate venv, .venv-gates, with CPU torch; about 2.5 GB)"
+REQUIREMENTS = REPO_ROOT / "requirements" / "gates.txt"
+STAMP = ".spec-gates-installed"
+INSTALL_HINT = "run ./just gates to install it (a separate venv with CPU torch, about 2.5 GB)"
 
 
 def gate_venv() -> Path:
-    """Where the gate environment lives: $SPEC_GATES_VENV, else .venv-gates in the source tree."""
-    return Path(os.environ.get("SPEC_GATES_VENV") or REPO_ROOT / ".venv-gates")
+    """Where the gate environment lives: $SPEC_GATES_VENV, else a cache folder named for its requirements.
+
+    The folder name carries a hash of requirements/gates.txt, so every checkout with the same list
+    (worktrees, CI runs on this machine) shares one install, and a changed list gets a new one.
+    """
+    if os.environ.get("SPEC_GATES_VENV"):
+        return Path(os.environ["SPEC_GATES_VENV"])
+    cache = Path(os.environ.get("SPEC_TOOLS_CACHE") or Path.home() / ".cache" / "spec-tools")
+    try:
+        key = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    except OSError:
+        raise SpecError(f"{REQUIREMENTS}: missing; run the gates from a source checkout or set SPEC_GATES_VENV") from None
+    return cache / f"gates-{key}"
 
 
 def gate_python() -> Path | None:
-    """The gate environment's python, or None when it is not installed."""
-    python = gate_venv() / "bin" / "python"
-    return python if python.is_file() else None
+    """The gate environment's python, or None until `./just gates` has finished installing it."""
+    venv = gate_venv()
+    return venv / "bin" / "python" if (venv / STAMP).is_file() else None
 
 
 def where_gate_runs(gate: str) -> str | None:
@@ -110,7 +124,6 @@ class GateSession:
             stderr=self._child_log,
             text=True,
             env=env,
-            cwd=str(REPO_ROOT),
         )
         return self._child
 
