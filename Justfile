@@ -28,8 +28,7 @@ gates:
     #!/bin/sh
     set -eu
     if [ -n "${SPEC_SKIP_GATES:-}" ]; then echo "gates: not installed (SPEC_SKIP_GATES is set); gate tests will skip" >&2; exit 0; fi
-    key=$(sha256sum requirements/gates.txt | cut -c1-12)
-    venv="${SPEC_GATES_VENV:-${SPEC_TOOLS_CACHE:-$HOME/.cache/spec-tools}/gates-$key}"
+    venv=$(python -c "from libspec.interop.gates import gate_venv; print(gate_venv())")  # the one spec-validate looks in
     torch="${SPEC_TORCH:-torch==2.13.0}"
     stamp="$venv/.spec-gates-installed"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$torch" ]; then exit 0; fi

@@ -17,7 +17,8 @@ from gates import assert_servable, gate_reports, require_gates, session
 from libspec import checkpoint as ckpt
 from libspec.algorithms import eagle3
 from libspec.interop import serving
-from libspec.interop.gates import gate_python
+from libspec.errors import SpecError
+from libspec.interop.gates import STAMP, gate_python, run_gates
 from libspec.validate import validate
 from tools._cli import run
 from tools.spec_validate import main
@@ -214,6 +215,12 @@ BROKEN = {
         "Unsupported model_type mistral for Eagle3 speculator",
         "upstream speculators could not load the checkpoint: KeyError: 'mistral'",
     ),
+    "no verifier named": (
+        lambda c, t: c["speculators_config"].pop("verifier"),
+        "'verifier' is a required property",
+        "vLLM speculators parser failed: ValueError: Invalid speculators config structure",
+        "upstream speculators could not load the checkpoint",
+    ),
     "d2t out of range": (lambda c, t: t["d2t"].__setitem__(-1, 1000), "d2t maps 1 draft ids outside the vocabulary", None, None),
 }
 
@@ -283,6 +290,19 @@ def test_missing_gate_environment_is_a_one_line_error(tmp_path, monkeypatch, cap
         run(main, ["--vllm", str(path)])
     assert exit_info.value.code == 1
     assert "the vllm gate is not installed: run ./just gates" in capsys.readouterr().err
+
+
+def test_a_broken_gate_environment_is_a_one_line_error(tmp_path, monkeypatch):
+    venv = tmp_path / "gates"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\necho 'ImportError: no vllm here' >&2\nexit 3\n")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / STAMP).write_text("torch==2.13.0\n")
+    monkeypatch.setenv("SPEC_GATES_VENV", str(venv))
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM imports in this very environment, so no gate venv is used")
+    with pytest.raises(SpecError, match=r"gate environment .*gates failed \(exit 3\): ImportError: no vllm here"):
+        run_gates([write(tmp_path / "ckpt", make_config())], ["vllm"])
 
 
 def test_one_gate_child_serves_the_whole_test_session(our_checkpoints):

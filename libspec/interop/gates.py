@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -9,10 +10,12 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import IO, TYPE_CHECKING, Sequence
 
 from libspec.errors import SpecError
-from libspec.validate import Report
+
+if TYPE_CHECKING:  # libspec.validate imports torch: too slow for `./just gates` to wait on
+    from libspec.validate import Report
 
 GATES = ("vllm", "upstream")
 GATE_MODULES = {"vllm": "libspec.interop.vllm_gate", "upstream": "libspec.interop.upstream_gate"}
@@ -63,7 +66,7 @@ class GateSession:
 
     def __init__(self) -> None:
         self._child: subprocess.Popen | None = None
-        self._child_log: tempfile._TemporaryFileWrapper | None = None
+        self._child_log: IO[str] | None = None  # the child's stderr, for error messages
 
     def check(self, paths: Sequence[str | Path], gates: Sequence[str] = GATES) -> list[Report]:
         """Reports for every (path, gate) pair, path by path; SpecError if a gate is not installed."""
@@ -83,8 +86,14 @@ class GateSession:
     def close(self) -> None:
         """Stop the child process, if one was started."""
         if self._child is not None:
-            self._child.stdin.close()
-            self._child.wait(timeout=60)
+            with contextlib.suppress(BrokenPipeError):
+                self._child.stdin.close()  # the child stops at end of input
+            try:
+                self._child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+            self._child.stdout.close()
             self._child = None
         if self._child_log is not None:
             self._child_log.close()
@@ -98,11 +107,16 @@ class GateSession:
 
     def _ask_child(self, paths: list[str], gates: list[str]) -> list[Report]:
         child = self._start_child()
-        child.stdin.write(json.dumps({"paths": paths, "gates": gates}) + "\n")
-        child.stdin.flush()
+        try:
+            child.stdin.write(json.dumps({"paths": paths, "gates": gates}) + "\n")
+            child.stdin.flush()
+        except BrokenPipeError:  # it died on start-up
+            self._raise_child_failure()
         line = child.stdout.readline()
         if not line:
             self._raise_child_failure()
+        from libspec.validate import Report
+
         answer = json.loads(line)
         if "error" in answer:
             raise SpecError(f"gate environment {gate_venv()}: {answer['error']}")
@@ -111,6 +125,7 @@ class GateSession:
     def _start_child(self) -> subprocess.Popen:
         if self._child is not None and self._child.poll() is None:
             return self._child
+        self.close()
         env = dict(os.environ)
         # The child imports this very source tree, and never downloads anything.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -135,7 +150,7 @@ class GateSession:
             self._child_log.seek(0)
             lines = [line for line in self._child_log.read().splitlines() if line.strip()]
             tail = lines[-1] if lines else ""
-        self._child = None
+        self.close()
         raise SpecError(f"gate environment {gate_venv()} failed (exit {status}): {tail or 'no output'}")
 
 

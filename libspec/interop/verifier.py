@@ -44,8 +44,8 @@ def local_verifier_dir(name_or_path: str) -> Path | None:
 
 def gate_verifier(config: dict, workdir: Path) -> GateVerifier:
     """The real verifier folder if this machine has it, else a stand-in written under `workdir`."""
-    name = config["speculators_config"]["verifier"]["name_or_path"]
-    folder = local_verifier_dir(name)
+    name = ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path")
+    folder = local_verifier_dir(name) if isinstance(name, str) and name else None
     if folder is not None and (folder / "config.json").is_file():
         has_weights = any(folder.glob("*.safetensors"))
         return GateVerifier(folder, has_weights, f"{name} ({folder})" if str(folder) != name else name)
@@ -54,6 +54,8 @@ def gate_verifier(config: dict, workdir: Path) -> GateVerifier:
     note = (
         f"stand-in {architecture} config built from this checkpoint's transformer_layer_config: "
         f"{name} is not on this machine (not a folder, not in the Hugging Face cache)"
+        if name
+        else "stand-in config built from this checkpoint's transformer_layer_config: config.json names no verifier"
     )
     return GateVerifier(stand_in, False, note)
 
