@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,6 @@ def write(directory, config, tensors=None):
 def test_gate_requirements_pin_every_spec_tools_dependency():
     """The gate venv runs libspec from the checkout, so it needs spec-tools' own dependencies too."""
     import tomllib
-    from pathlib import Path
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -140,7 +140,8 @@ def upstream_checkpoints(tmp_path_factory):
     require_gates()
     root = tmp_path_factory.mktemp("upstream")
     written = subprocess.run(
-        [str(gate_python()), "tests/upstream_writer.py", str(root)], capture_output=True, text=True, check=False, timeout=600
+        [str(gate_python()), str(Path(__file__).with_name("upstream_writer.py")), str(root)],
+        capture_output=True, text=True, check=False, timeout=600,
     )
     assert written.returncode == 0, written.stderr[-2000:]
     return [root / name for name in written.stdout.split()]

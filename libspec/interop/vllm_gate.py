@@ -19,7 +19,6 @@ checkpoint tensor must reach some parameter's weight loader (vLLM silently drops
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -83,7 +82,7 @@ def _run_stages(path: Path, config: dict, report: Report, workdir: Path) -> None
     if model_and_config is None:
         return
     model, vllm_config = model_and_config
-    _load_and_account(path, config, report, model, vllm_config, spec_config)
+    _load_and_account(config, report, model, vllm_config, spec_config)
 
 
 def _stage(report: Report, name: str, action):
@@ -250,7 +249,7 @@ def _init_single_process_group(vllm_config) -> None:
         parallel_state.initialize_model_parallel(1, 1)
 
 
-def _load_and_account(path: Path, config: dict, report: Report, model: nn.Module, vllm_config, spec_config) -> None:
+def _load_and_account(config: dict, report: Report, model: nn.Module, vllm_config, spec_config) -> None:
     """Load through vLLM's loader, then account for every parameter and every checkpoint tensor."""
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
