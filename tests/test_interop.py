@@ -116,6 +116,12 @@ def test_our_checkpoints_pass_both_gates(kind, our_checkpoints, our_gate_reports
     assert upstream.facts["upstream_class"] == "Eagle3DraftModel"
 
 
+def test_the_shipped_example_checkpoint_is_servable():
+    require_gates()
+    example = Path(__file__).resolve().parents[1] / "formats" / "examples" / "checkpoint-eagle3"
+    assert assert_servable(example) == ["vllm", "upstream"]
+
+
 def test_a_local_verifier_is_used_for_real_and_served_by_the_long_form(tmp_path):
     require_gates()
     from transformers import LlamaConfig, LlamaForCausalLM
