@@ -30,6 +30,14 @@ format-examples:
 demo:
     spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
 
+# spec-gen-hidden time per token vs a bare verifier forward, and bytes per token on disk
+bench-gen *ARGS:
+    python -m tools.bench_gen_hidden {{ARGS}}
+
+# training conversations cut from the built-in verifier's training files (stdlib sources)
+conversations OUT="out/conversations.jsonl" *ARGS:
+    python -m tools.corpus_conversations -o {{OUT}} {{ARGS}}
+
 # install the interop gates (vLLM 0.33 and upstream speculators 0.9, on CPU torch) into a venv of
 # their own, shared by every checkout on this machine; spec-validate --vllm/--upstream and the
 # gate tests use it. Instant when already installed; SPEC_SKIP_GATES=1 skips it (gate tests skip).
