@@ -12,3 +12,7 @@ default:
 # run the test suite (what CI runs)
 test *ARGS:
     python -m pytest -q {{ARGS}}
+
+# build (or find in the cache) the built-in small verifier; prints its folder
+verifier *ARGS:
+    python -m tools.build_verifier --preset full {{ARGS}}
