@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import time
 
@@ -32,7 +34,7 @@ def test_folder_has_the_hf_files_and_recipe(verifier):
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja", "recipe.json"):
         assert (folder / name).is_file(), name
-    recipe = tiny_verifier.json.loads((folder / "recipe.json").read_text())
+    recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["preset"]["name"] == "tiny"
     assert folder.name == f"tiny-{recipe['recipe_hash'][:16]}"
     assert recipe["params"] > 0 and recipe["tokens_trained"] > 0
@@ -126,7 +128,7 @@ def test_corpus_split_holds_out_every_nth_file():
 
 def test_recipe_hash_changes_with_the_preset():
     tiny = tiny_verifier.PRESETS["tiny"]
-    changed = tiny_verifier.dataclasses.replace(tiny, seed=1)
+    changed = dataclasses.replace(tiny, seed=1)
     assert tiny_verifier.recipe_hash(tiny) != tiny_verifier.recipe_hash(changed)
 
 
