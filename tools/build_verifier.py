@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib  # noqa: E402
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # A killed build should still delete its temp folder: turn SIGTERM into an ordinary exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    _keep_freed_memory()
     with _progress_bar() as show:
         folder = tiny_verifier.build_verifier(args.preset, args.cache_dir, args.force, on_progress=show)
     if args.json:
@@ -49,6 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         stdout.print(str(folder), soft_wrap=True)
     return EXIT_OK
+
+
+def _keep_freed_memory() -> None:
+    """Make glibc reuse freed memory instead of handing it back to the kernel (Linux/glibc only).
+
+    Each training step allocates and frees the same ~64 MB logits buffers; glibc serves them with
+    fresh mmaps whose page faults cost ~15-20% of the CPU time of a step on our 2-core VM.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve large blocks from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
