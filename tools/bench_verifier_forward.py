@@ -43,7 +43,8 @@ def forward_latencies_ms(model, token_ids: torch.Tensor, prefix_len: int, new_to
                 started = time.perf_counter()
                 model(token_ids[:, prefix_len : prefix_len + k], past_key_values=cache, use_cache=True)
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                cache.crop(prefix_len)
+                cache.crop(-k)  # negative: drop the last k tokens (the API of transformers 5)
+                assert cache.get_seq_length() == prefix_len
                 if repeat >= warmup:
                     timings[k].append(elapsed_ms)
     return timings
@@ -66,9 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # Real code as input: the first held-out stdlib file, never seen in training.
-    text = tiny_verifier.corpus_split("full").validation[0].read_text(encoding="utf-8")[:8000]
-    token_ids = tokenizer(text, return_tensors="pt")["input_ids"][:, : args.prefix_tokens + max(args.new_tokens)]
+    text = tiny_verifier.corpus_split("full").validation[0].read_text(encoding="utf-8")
+    needed = args.prefix_tokens + max(args.new_tokens)
+    token_ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=needed)["input_ids"]
+    if token_ids.shape[1] < needed:
+        raise SpecError(f"{folder}: held-out text gives {token_ids.shape[1]} tokens, need {needed}")
 
+    load_at_start = [round(load, 2) for load in os.getloadavg()]  # other work skews every timing
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -81,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "ratio_to_first": round(statistics.median(values) / base, 2)})
     setting = {"verifier": str(folder), "prefix_tokens": args.prefix_tokens, "repeats": args.repeats,
                "dtype": args.dtype, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-               "load_average": os.getloadavg()}
+               "load_average_1_5_15min": {"start": load_at_start, "end": [round(v, 2) for v in os.getloadavg()]}}
     if args.json:
         print_json({"setting": setting, "results": rows})
         return EXIT_OK
@@ -91,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
     stdout.print(table)
-    stdout.print(f"load average before/after: {setting['load_average']} / {os.getloadavg()}")
+    stdout.print(f"load average (1, 5, 15 min): {setting['load_average_1_5_15min']}")
     return EXIT_OK
 
 
