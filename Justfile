@@ -63,3 +63,7 @@ gates:
     # spec-tools' own dependencies included (the gates import libspec from the checkout that runs them).
     $pip --no-deps -r requirements/gates.txt
     echo "$torch" > "$stamp"
+
+# build (or find in the cache) the built-in small verifier; prints its folder
+verifier *ARGS:
+    python -m tools.build_verifier --preset full {{ARGS}}
