@@ -78,16 +78,51 @@ def corpus_records(files: Iterable[Path], root: Path | None = None, options: Cor
             yield {"messages": messages, "source": source}
 
 
-def write_corpus_conversations(output: str | Path, files: Iterable[Path], root: Path | None = None, limit: int | None = None, options: CorpusOptions = CorpusOptions()) -> int:
-    """Write up to `limit` corpus records as JSONL (atomically); returns how many were written."""
+PROMPT_KINDS = ("code", "chat")
+
+
+def corpus_prompts(files: Iterable[Path], kind: str, root: Path | None = None, options: CorpusOptions = CorpusOptions()) -> Iterator[dict]:
+    """Benchmark prompts cut like the training records, without the answer.
+
+    `code`: the head of a block as raw text, for plain completion; `chat`: the same head in a
+    one-turn conversation ("Continue this Python code:"), rendered with the chat template.
+    One block per file, chosen at random, so a short set still spans many files.
+    """
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
+    rng = random.Random(options.seed)
+    for path in files:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        name = str(Path(path).relative_to(root)) if root else str(path)
+        blocks = list(_blocks(text, rng, options))
+        if blocks:
+            line, block = rng.choice(blocks)
+            head = "".join(block[: rng.randint(2, len(block) - 2)])
+            if kind == "code":
+                yield {"prompt": head, "source": f"{name}:{line}"}
+            else:
+                messages = [{"role": "system", "content": options.system_prompt}] if rng.random() < 0.5 else []
+                yield {"messages": messages + [{"role": "user", "content": options.instruction + head}], "source": f"{name}:{line}"}
+
+
+def write_jsonl(output: str | Path, records: Iterable[dict], limit: int | None = None) -> int:
+    """Write up to `limit` records as JSONL (atomically); returns how many were written."""
     count = 0
     with atomic_writer(output) as handle:
-        for record in corpus_records(files, root, options):
+        for record in records:
             if limit is not None and count >= limit:
                 break
             handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             count += 1
     return count
+
+
+def write_corpus_conversations(output: str | Path, files: Iterable[Path], root: Path | None = None, limit: int | None = None, options: CorpusOptions = CorpusOptions()) -> int:
+    """Write up to `limit` corpus records as JSONL (atomically); returns how many were written."""
+    return write_jsonl(output, corpus_records(files, root, options), limit)
 
 
 def verifier_training_files(preset: str = "full", split: str = "train") -> tuple[Path, list[Path]]:

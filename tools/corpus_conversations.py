@@ -1,13 +1,14 @@
-"""Write training conversations cut from the built-in verifier's training files (the Python stdlib).
+"""Write training conversations (or benchmark prompts) cut from the built-in verifier's corpus (the Python stdlib).
 
     python -m tools.corpus_conversations -o conversations.jsonl --limit 2000
+    python -m tools.corpus_conversations -o code.jsonl --split validation --prompts code --limit 20
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from libspec.corpus_conversations import CorpusOptions, verifier_training_files, write_corpus_conversations
+from libspec.corpus_conversations import PROMPT_KINDS, CorpusOptions, corpus_prompts, verifier_training_files, write_corpus_conversations, write_jsonl
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr
 
 
@@ -18,9 +19,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=["train", "validation"], default="train", help="its training files (default) or held-out ones")
     parser.add_argument("--limit", type=int, help="at most this many records")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", choices=PROMPT_KINDS, help="write benchmark prompts (no answers) instead: code = raw completion, chat = one user turn")
     args = parser.parse_args(argv)
     root, files = verifier_training_files(args.preset, args.split)
-    count = write_corpus_conversations(args.output, files, root, args.limit, CorpusOptions(seed=args.seed))
+    options = CorpusOptions(seed=args.seed)
+    if args.prompts:
+        count = write_jsonl(args.output, corpus_prompts(files, args.prompts, root, options), args.limit)
+    else:
+        count = write_corpus_conversations(args.output, files, root, args.limit, options)
     summary = {"output": args.output, "records": count, "files": len(files), "split": args.split}
     if args.json:
         print_json(summary)
