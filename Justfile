@@ -10,8 +10,17 @@ default:
     @just --list
 
 # run the test suite (what CI runs)
-test *ARGS:
+test *ARGS: online-extra gates
     python -m pytest -q {{ARGS}}
+
+# GuideLLM for the online-mode test, an optional extra: installed once into the venv (~40 s,
+# ~340 MB), then a no-op. Outside a virtual environment (just called without ./just) it installs
+# nothing and that test skips.
+online-extra:
+    @python -c "import importlib.util as u, sys; venv = sys.prefix != sys.base_prefix; \
+        venv or print('online-extra: not in a virtual environment (use ./just); not installing guidellm', file=sys.stderr); \
+        sys.exit(venv and u.find_spec('guidellm') is None)" \
+        || python -m pip install --quiet --disable-pip-version-check -e '.[online]'
 
 # rewrite formats/examples from the current code (after a format change)
 format-examples:
@@ -20,6 +29,44 @@ format-examples:
 # the main job, end to end (grows with the pipeline: verifier -> gen-hidden -> train -> bench)
 demo:
     spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
+
+# spec-gen-hidden time per token vs a bare verifier forward, and bytes per token on disk
+bench-gen *ARGS:
+    python -m tools.bench_gen_hidden {{ARGS}}
+
+# training conversations cut from the built-in verifier's training files (stdlib sources)
+conversations OUT="out/conversations.jsonl" *ARGS:
+    python -m tools.corpus_conversations -o {{OUT}} {{ARGS}}
+
+# install the interop gates (vLLM 0.33 and upstream speculators 0.9, on CPU torch) into a venv of
+# their own, shared by every checkout on this machine; spec-validate --vllm/--upstream and the
+# gate tests use it. Instant when already installed; SPEC_SKIP_GATES=1 skips it (gate tests skip).
+gates:
+    #!/bin/sh
+    set -eu
+    if [ -n "${SPEC_SKIP_GATES:-}" ]; then echo "gates: not installed (SPEC_SKIP_GATES is set); gate tests will skip" >&2; exit 0; fi
+    venv=$(python -c "from libspec.interop.gates import gate_venv; print(gate_venv())")  # the one spec-validate looks in
+    torch="${SPEC_TORCH:-torch==2.13.0}"
+    stamp="$venv/.spec-gates-installed"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$torch" ]; then exit 0; fi
+    mkdir -p "$(dirname "$venv")"
+    exec 9>"$venv.lock"
+    flock 9  # checkouts share the venv: one installer at a time, the others wait and reuse it
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$torch" ]; then exit 0; fi
+    echo "gates: installing vLLM and upstream speculators into $venv (CPU torch, about 2.5 GB, a few minutes)" >&2
+    if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then echo "gates: $venv exists and is not a venv; not replacing it" >&2; exit 1; fi
+    rm -rf "$venv"  # rebuilt whole, never patched; the stamp is written last
+    "${PYTHON:-python3}" -m venv "$venv"
+    pip="$venv/bin/python -m pip install --quiet --disable-pip-version-check"
+    $pip "$torch"
+    # --no-deps: vLLM's and speculators' metadata would pull a CUDA torch; the list pins everything,
+    # spec-tools' own dependencies included (the gates import libspec from the checkout that runs them).
+    $pip --no-deps -r requirements/gates.txt
+    echo "$torch" > "$stamp"
+
+# build (or find in the cache) the built-in small verifier; prints its folder
+verifier *ARGS:
+    python -m tools.build_verifier --preset full {{ARGS}}
 
 # Upstream runs in $SPEC_UPSTREAM_PYTHON (a venv with speculators 0.9.0); without it only our side runs.
 # spec-train vs upstream speculators' EAGLE-3 trainer: tokens/s, peak memory, held-out tau

@@ -90,6 +90,10 @@ class DatasetWriter:
         elif self.directory.exists() and any(self.directory.iterdir()):
             raise SpecError(f"{self.directory}: exists and is not empty; refusing to write a data set over it")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not manifest_path.exists():
+            # Claim the directory at once, so a crash before the first shard still leaves a data
+            # set that a rerun can resume (instead of a non-empty directory it must refuse).
+            self._write_manifest(complete=False)
 
     def _check_same_header(self, manifest: dict) -> None:
         for key in ("verifier", "hidden_states"):
@@ -107,6 +111,23 @@ class DatasetWriter:
     def num_records(self) -> int:
         """Records committed so far (including those of earlier runs when resuming)."""
         return sum(s["num_records"] for s in self.shards)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Stored bytes of the samples queued for the next shard (writers that flush themselves use it)."""
+        return self._pending_bytes
+
+    @property
+    def metadata(self) -> dict:
+        """The header's free-form metadata as it will be written (resumed from the manifest when resuming)."""
+        return self.header["metadata"]
+
+    def update_metadata(self, values: dict) -> None:
+        """Merge `values` into the header metadata; written with the next manifest (flush or close).
+
+        Lets a producer record its own resume bookkeeping next to the shards it describes.
+        """
+        self.header = {**self.header, "metadata": {**self.header["metadata"], **values}}
 
     def add(self, record: dict, hidden: torch.Tensor) -> None:
         """Queue one sample; `hidden` is float [tokens, len(layer_ids), hidden_size]."""
@@ -165,7 +186,9 @@ class DatasetWriter:
             "num_tokens": sum(s["num_tokens"] for s in self.shards),
             "shards": self.shards,
         }
-        check_schema("dataset-manifest", manifest, str(self.directory / MANIFEST))
+        # The earlier shard entries were checked when they were added: checking only the newest keeps
+        # each commit O(1) instead of O(shards) (a full check per commit made many-shard runs crawl).
+        check_schema("dataset-manifest", {**manifest, "shards": self.shards[-1:]}, str(self.directory / MANIFEST))
         write_text_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return manifest
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -125,6 +125,12 @@ class Generation:
     calls: dict[str, int] = field(default_factory=dict)
 
 
+# Called as soon as tokens are decided, outside the timed phases: (the tokens kept this step, drafts
+# the verifier accepted in it, or None for a step without drafts). A server streams from it; an
+# exception it raises (a client gone) ends the generation.
+OnTokens = Callable[[list[int], "int | None"], None]
+
+
 def _extend(tokens: list[int], new: list[int], max_new_tokens: int, eos_ids: set[int]) -> bool:
     """Append new tokens up to the first EOS (kept) or the budget; True when generation is over."""
     for token in new:
@@ -140,7 +146,15 @@ def _sample(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor
     return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[..., 0]
 
 
-def autoregressive_generate(verifier: Verifier, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], temperature: float = 0.0, generator=None) -> Generation:
+def autoregressive_generate(
+    verifier: Verifier,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    temperature: float = 0.0,
+    generator=None,
+    on_tokens: OnTokens | None = None,
+) -> Generation:
     """Plain decoding, one verifier forward per token: the baseline and the reference output."""
     timer = Timer(verifier.device)
     verifier.reset()
@@ -148,7 +162,12 @@ def autoregressive_generate(verifier: Verifier, prompt: torch.Tensor, max_new_to
         logits, _ = verifier.forward(prompt)
     tokens: list[int] = []
     token = _sample(logits[-1], temperature, generator)
-    while not _extend(tokens, [int(token)], max_new_tokens, eos_ids):
+    while True:
+        done = _extend(tokens, [int(token)], max_new_tokens, eos_ids)
+        if on_tokens:
+            on_tokens(tokens[-1:], None)
+        if done:
+            break
         with timer.measure("decode"):
             logits, _ = verifier.forward(token.view(1))
         token = _sample(logits[-1], temperature, generator)
@@ -164,6 +183,7 @@ def speculative_generate(
     eos_ids: set[int],
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> Generation:
     """Generate with k drafted tokens per verifier forward; the output is what the verifier alone gives."""
     timer = Timer(verifier.device)
@@ -175,17 +195,22 @@ def speculative_generate(
     tokens: list[int] = []
     accepted_per_round: list[int] = []
     done = _extend(tokens, [int(token)], max_new_tokens, eos_ids)
+    if on_tokens:
+        on_tokens(tokens[:], None)
     while not done:
         with timer.measure("draft"):
             drafts, draft_probs = proposer.propose(k, temperature, generator)
         with timer.measure("verify"):
             logits, aux = verifier.forward(torch.cat([token.view(1), drafts]))
+        kept_from = len(tokens)
         with timer.measure("accept"):
             accepted, token = _accept(drafts, draft_probs, logits, temperature, generator)
             accepted_per_round.append(accepted)
             verifier.crop(verifier.length - (k - accepted))
             new_tokens = torch.cat([drafts[:accepted], token.view(1)])
             done = _extend(tokens, new_tokens.tolist(), max_new_tokens, eos_ids)
+        if on_tokens:
+            on_tokens(tokens[kept_from:], accepted)
         if not done:
             with timer.measure("draft"):
                 proposer.commit(new_tokens, None if aux is None else aux[: accepted + 1])

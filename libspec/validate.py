@@ -230,26 +230,8 @@ def _check_checkpoint(report: Report) -> None:
     _check_weight_names_and_shapes(report, config, algorithm.expected_tensors(config), headers)
     if not report.problems:
         _check_weight_values(report, config, algorithm)
-    if not report.problems and model_type in UPSTREAM_CHECKED:
-        _check_upstream_loads(report)
     report.facts.update(algorithm.checkpoint_facts(config))
     report.facts.update({"num_tensors": len(headers), "parameters": sum(_numel(shape) for _, shape in headers.values())})
-
-
-UPSTREAM_CHECKED = ("eagle3",)  # what spec-train writes; upstream 0.9.0 has dropped some types we read (eagle)
-
-
-def _check_upstream_loads(report: Report) -> None:
-    """When upstream speculators is installed (`pip install .[interop]`), it must load the folder."""
-    from libspec.upstream import upstream_load_problems, upstream_version
-
-    version = upstream_version()
-    if version is None:
-        report.facts["upstream_speculators"] = "not installed: load check skipped (pip install .[interop])"
-        return
-    problems, note = upstream_load_problems(report.path)
-    report.problems.extend(problems)
-    report.facts["upstream_speculators"] = f"{version}: {note}"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

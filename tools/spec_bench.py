@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shlex
 import sys
@@ -33,7 +34,13 @@ the measured speedup beside the one predicted from those measurements
 greedy output equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
 
 Prompt files are JSONL: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
-verifier's chat template)."""
+verifier's chat template).
+
+Online measurements have their own subcommands (see `spec-bench serve --help`, `spec-bench online --help`):
+  spec-bench serve ...    serve the engine over an OpenAI-compatible HTTP API
+  spec-bench online ...   GuideLLM against a baseline and a speculative endpoint (alias: --online)"""
+
+SUBCOMMANDS = {"serve": "tools.spec_bench_serve", "online": "tools.spec_bench_online"}
 
 EPILOG = """\
 examples:
@@ -76,6 +83,11 @@ def build_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--online" in argv:  # the issue's spelling of `spec-bench online`
+        argv = ["online", *(a for a in argv if a != "--online")]
+    if argv and argv[0] in SUBCOMMANDS:  # the offline run stays the default
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.write_best_k and not args.speculator:
         raise SpecError("--write-best-k needs --speculator")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libspec.fingerprint import text_config
+from libspec.interop.serving import verifier_problem
 
 ALGORITHM = "eagle3"
 # vLLM picks the draft class from transformer_layer_config.model_type and rejects any other.
@@ -180,6 +181,9 @@ def config_problems(config: dict) -> list[str]:
     if isinstance(vocab, int) and isinstance(draft_vocab, int) and draft_vocab > vocab:
         problems.append(f"draft_vocab_size {draft_vocab} exceeds the vocabulary size {vocab}")
     problems.extend(_recorded_layer_problems(config, aux))
+    verifier = ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path")
+    if isinstance(verifier, str) and (problem := verifier_problem(verifier)) is not None:  # the schema checks the type
+        problems.append(problem)
     target = config.get("target_hidden_size")
     if target is not None and target != tl.get("hidden_size"):
         problems.append(f"target_hidden_size {target} differs from hidden_size {tl.get('hidden_size')}: the draft reuses the verifier's embedding, so they must match")

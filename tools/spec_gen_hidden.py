@@ -1,0 +1,199 @@
+"""spec-gen-hidden: capture a verifier's hidden states on conversation data, for draft training."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported: spinning OpenMP threads make a shared machine ~5x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from rich.markup import escape  # noqa: E402
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
+
+from libspec.dataset import DEFAULT_SHARD_BYTES  # noqa: E402
+from libspec.tensors import STORAGE_DTYPES  # noqa: E402
+from tools._cli import EXIT_OK, make_parser, print_json, run, stderr  # noqa: E402
+
+DESCRIPTION = """\
+Capture the verifier's hidden states on training conversations, for draft (speculator) training.
+
+Reads conversations (OpenAI `messages`, ShareGPT `conversations`, `text`, `prompt`+`completion`,
+or pre-tokenized `input_ids`+`loss_mask`; JSONL/JSON files, directories of them, or - for
+stdin), renders them with the verifier's chat template, supervises exactly the tokens the
+verifier produces (every assistant turn), optionally regenerates the replies with the verifier
+itself (--regenerate, recommended), and records the residual stream at --layers (default:
+EAGLE-3's [2, n//2, n-3] plus the last layer n, SPEC.md §4) into a data set directory (SPEC.md
+§9) or a stream on stdout (-o -).
+
+A rerun of the same command resumes an interrupted run: committed shards are kept, the rest is
+redone, and the result is identical to an uninterrupted run. --shard-index/--num-shards split the
+inputs round-robin for array jobs; --merge joins the shard outputs into one data set.
+
+Exit status: 0 done, 1 failure (bad input, mismatched resume, ...), 2 usage error."""
+
+EPILOG = """\
+examples:
+  spec-gen-hidden --verifier Qwen/Qwen3-8B --data chats.jsonl -o data/
+  spec-gen-hidden --verifier ./verifier --data prompts/ --regenerate --temperature 0.7 --seed 1 -o data/
+  spec-gen-hidden --verifier ./verifier --data chats.jsonl -o - | spec-validate -
+  for i in 0 1 2 3; do spec-gen-hidden ... --shard-index $i --num-shards 4 -o part-$i; done
+  spec-gen-hidden --merge part-0 part-1 part-2 part-3 -o data/
+
+The JSON summary (counts read / dropped by reason / written, tokens, bytes) goes to stderr, or to
+stdout with --json (to stderr as JSON when stdout carries the stream)."""
+
+
+def _layer_ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer ids such as 2,4,5,8; found {text!r}") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"enable_thinking\": false}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("spec-gen-hidden", DESCRIPTION, EPILOG)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", nargs="+", metavar="INPUT", help="input files or directories (.jsonl/.json, optionally .gz/.zst); - for stdin")
+    what.add_argument("--merge", nargs="+", metavar="DATASET", help="join complete data sets (the --shard-index outputs of one run) into -o")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="data set directory to create or resume; - streams to stdout")
+    parser.add_argument("--verifier", metavar="PATH_OR_ID", help="the verifier: a model folder or a Hub id in the local cache")
+
+    model = parser.add_argument_group("capture")
+    model.add_argument("--layers", type=_layer_ids, metavar="IDS", help="layer ids to capture, e.g. 2,4,5,8 (default: EAGLE-3's aux layers plus n)")
+    model.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), default="bfloat16", help="how hidden states are stored (default: bfloat16; float8_e4m3fn halves disk, with per-token scales)")
+    model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    model.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    model.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="hf: transformers with forward hooks (default); vllm: vLLM's extract_hidden_states (optional, GPU)")
+    model.add_argument("--max-len", type=int, metavar="N", help="truncate records to N tokens (default: the verifier's max_position_embeddings)")
+    model.add_argument("--batch-tokens", type=int, default=8192, metavar="N", help="padded tokens per forward batch (default: 8192)")
+    model.add_argument("--batch-size", type=int, default=64, metavar="N", help="sequences per forward batch at most (default: 64)")
+    model.add_argument("--window", type=int, default=256, metavar="N", help="inputs sorted by length together (default: 256)")
+    model.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    model.add_argument("--trust-remote-code", action="store_true", help="allow the verifier's own Python code (off by default)")
+
+    chat = parser.add_argument_group("chat template and loss mask")
+    chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the tokenizer's")
+    chat.add_argument("--chat-template-kwargs", type=_json_object, default={}, metavar="JSON", help="extra template variables, e.g. '{\"enable_thinking\": false}'")
+    chat.add_argument("--turn-policy", choices=["auto", "per-turn"], default="auto", help="auto: one record per conversation when the template renders history stably, else one per assistant turn; per-turn: always one per turn")
+    chat.add_argument("--skip-bad", action="store_true", help="skip and count malformed inputs instead of stopping at the first")
+
+    regen = parser.add_argument_group("on-policy regeneration")
+    regen.add_argument("--regenerate", action="store_true", help="replace assistant replies with the verifier's own before capturing")
+    regen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    regen.add_argument("--top-p", type=float, default=1.0)
+    regen.add_argument("--seed", type=int, default=0, help="sampling seed (a rerun with the same seed samples the same replies)")
+    regen.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
+
+    scale = parser.add_argument_group("scale and output")
+    scale.add_argument("--shard-index", type=int, default=0, metavar="I", help="this job's share of the inputs: item k goes to shard k mod --num-shards")
+    scale.add_argument("--num-shards", type=int, default=1, metavar="N")
+    scale.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_BYTES / 2**20, metavar="MB", help="stored hidden states per data set shard (the resume granularity; default: 256)")
+    scale.add_argument("--allow-partial", action="store_true", help="with --merge: allow shard outputs of a run to be missing")
+    scale.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    streaming = args.output == "-"
+    if args.merge:
+        from libspec.merge import merge_datasets
+
+        if streaming:
+            parser.error("--merge writes a data set directory; -o - is not allowed")
+        manifest = merge_datasets(args.merge, args.output, allow_partial=args.allow_partial)
+        summary = {"output": args.output, "merged": args.merge, "num_records": manifest["num_records"], "num_tokens": manifest["num_tokens"], "num_shards": len(manifest["shards"])}
+        return _report(summary, args.json, streaming=False)
+    if not args.verifier:
+        parser.error("--verifier is required with --data")
+
+    import torch
+
+    from libspec.gen_hidden import GenHiddenConfig, generate_hidden_states
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = GenHiddenConfig(
+        verifier=args.verifier, inputs=tuple(args.data), output=args.output, layer_ids=args.layers,
+        storage_dtype=args.storage_dtype, dtype=args.dtype, device=args.device, max_len=args.max_len,
+        batch_tokens=args.batch_tokens, batch_size=args.batch_size, window=args.window,
+        shard_bytes=max(1, int(args.shard_mb * 2**20)), skip_bad=args.skip_bad, turn_policy=args.turn_policy,
+        chat_template=args.chat_template, chat_template_kwargs=args.chat_template_kwargs,
+        regenerate=args.regenerate, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, shard_index=args.shard_index, num_shards=args.num_shards, backend=args.backend,
+        trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+    with _progress(args.quiet) as (progress, update):
+        summary = generate_hidden_states(config, on_progress=update)
+    return _report(summary, args.json, streaming)
+
+
+class _progress:
+    """A rich progress bar on stderr with inputs, records, samples/s and tokens/s."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]capturing"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.fields[of]} inputs"),
+            TextColumn("{task.fields[records]} records · {task.fields[tokens]} tokens"),
+            TextColumn("[cyan]{task.fields[samples_s]:.1f} samples/s · {task.fields[tokens_s]:,.0f} tokens/s"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=False,
+            disable=quiet,
+        )
+        self.task = None
+
+    def update(self, event) -> None:
+        elapsed = max(event.elapsed_s, 1e-9)
+        fields = dict(records=event.records, tokens=event.tokens, samples_s=event.records / elapsed, tokens_s=event.tokens / elapsed)
+        if self.task is None:
+            self.task = self.bar.add_task("capture", total=event.inputs_total, of=event.inputs_total or "?", **fields)
+        self.bar.update(self.task, completed=event.inputs_done, **fields)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self.bar, self.update
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+
+def _report(summary: dict, as_json: bool, streaming: bool) -> int:
+    """The JSON summary: stdout with --json (unless stdout carries the stream), else stderr."""
+    if as_json and not streaming:
+        print_json(summary)
+    elif as_json:
+        stderr.print(json.dumps(summary), soft_wrap=True, markup=False, highlight=False)
+    else:
+        if summary.get("already_complete"):
+            stderr.print(f"[green]✓[/] {escape(summary['output'])} was already complete; nothing to do")
+        stderr.print_json(data=summary)
+    return EXIT_OK
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
