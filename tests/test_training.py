@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import TINY_LLAMA
+from gates import assert_servable
 from libspec import checkpoint as ckpt
 from libspec.data import open_data
 from libspec.errors import SpecError
@@ -67,9 +68,7 @@ def test_training_writes_servable_checkpoints_a_best_pointer_and_metrics(setup, 
     out = tmp_path / "run"
     result = train(config(setup, out, save_every=4))
     epochs = [out / "checkpoint-epoch-0", out / "checkpoint-epoch-1"]
-    for path in [*epochs, out / "checkpoint-step-4"]:
-        report = validate(str(path))
-        assert report.ok, report.problems
+    assert_servable(*epochs, out / "checkpoint-step-4", out / "best")  # spec-validate, then vLLM's and upstream's loaders
     assert (out / "best").is_symlink() and os.readlink(out / "best") == json.loads((out / "best.json").read_text())["checkpoint"]
     assert validate(str(out / "best")).ok
     config_json = ckpt.read_config(out / "best")
@@ -95,7 +94,14 @@ def test_reduced_draft_vocabulary_writes_valid_maps(setup, tmp_path):
     train(config(setup, out, draft_vocab_size=24, epochs=1))
     tensors = weights(out / "checkpoint-epoch-0")
     assert tensors["lm_head.weight"].shape == (24, 16) and int(tensors["t2d"].sum()) == 24
-    assert validate(str(out / "checkpoint-epoch-0")).ok
+    assert_servable(out / "checkpoint-epoch-0")
+
+
+@pytest.mark.parametrize("changes", [{"num_layers": 2, "layer_style": "qwen3"}, {"norm_before_fc": True, "norm_output": True}, {"fc_norm": True}])
+def test_draft_variants_are_servable(setup, tmp_path, changes):
+    out = tmp_path / "run"
+    train(config(setup, out, epochs=1, **changes))
+    assert_servable(out / "checkpoint-epoch-0")
 
 
 def test_refuses_data_from_another_verifier(setup, tmp_path):
@@ -187,7 +193,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(setup, tmp_p
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["queries"] == b["queries"]
     final = "checkpoint-epoch-1"
-    assert validate(str(tmp_path / mode / final)).ok
+    assert_servable(tmp_path / mode / final)
     a, b = weights(tmp_path / mode / final), weights(single / final)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
