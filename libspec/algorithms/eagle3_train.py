@@ -2,8 +2,10 @@
 
 Step s of TTT replays what the draft does at its (s+1)-th drafted token. For draft query j (see
 libspec.packing: hidden state of token i, next token i+1), step s feeds token i+1+s, the hidden
-state the draft produced at step s-1, position i+s (vLLM's), and learns the verifier's distribution after
-token i+1+s (the teacher, recomputed from the stored last hidden state). Attention at step s: query
+state the draft produced at step s-1, position i+s (vLLM's), and learns the verifier's
+distribution after token i+1+s (the teacher, recomputed from the stored last hidden state).
+Teacher logits and draft logits are computed only where some step trains (supervised targets):
+the vocabulary projection is most of a step's cost. Attention at step s: query
 j sees step 0's keys <= j of its own document and its own slot in steps 1..s, exactly the keys the
 draft has cached when it drafts its (s+1)-th token at inference (the standard EAGLE-3 TTT mask).
 Query j's step-s target lives at j+s, so a step is trained only where j+s is in the same document.
