@@ -16,6 +16,7 @@ test *ARGS: online-extra gates
 # GuideLLM for the online-mode test, an optional extra: installed once into the venv (~40 s,
 # ~340 MB), then a no-op. Outside a virtual environment (just called without ./just) it installs
 # nothing and that test skips.
+[doc("install GuideLLM (optional extra for the online-mode test) into the venv, once")]
 online-extra:
     @python -c "import importlib.util as u, sys; venv = sys.prefix != sys.base_prefix; \
         venv or print('online-extra: not in a virtual environment (use ./just); not installing guidellm', file=sys.stderr); \
@@ -26,9 +27,42 @@ online-extra:
 format-examples:
     python tests/format_examples.py formats/examples
 
-# the main job, end to end (grows with the pipeline: verifier -> gen-hidden -> train -> bench)
-demo:
-    spec-validate formats/examples/dataset formats/examples/stream.spst formats/examples/checkpoint-eagle3
+# the main job, end to end on the built-in small verifier: build it (or reuse the cached one),
+# capture its hidden states on conversations cut from its own training files, train an EAGLE-3
+# draft, validate it (with vLLM's and upstream's loaders when `./just gates` has run), measure τ
+# and speedup on held-out code and chat prompts, and write the Hub-ready folder with its card.
+# Every stage resumes or reuses its output, so a rerun only re-measures. OUT is kept.
+[doc("the main job, end to end: verifier -> spec-gen-hidden -> spec-train -> spec-validate -> spec-bench")]
+demo OUT="out/demo" RECORDS="1500" STEPS="0":
+    #!/bin/sh
+    set -eu
+    out="{{OUT}}"
+    mkdir -p "$out"
+    step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+    step "1/6 the verifier (trained on the Python standard library; cached after the first build)"
+    verifier=$(python -m tools.build_verifier --preset full)
+    echo "verifier: $verifier" >&2
+    step "2/6 training conversations and held-out prompt sets (code completion, chat)"
+    [ -s "$out/conversations.jsonl" ] || python -m tools.corpus_conversations --split train --limit {{RECORDS}} -o "$out/conversations.jsonl"
+    [ -s "$out/prompts-code.jsonl" ] || python -m tools.corpus_conversations --split validation --prompts code --limit 12 -o "$out/prompts-code.jsonl"
+    [ -s "$out/prompts-chat.jsonl" ] || python -m tools.corpus_conversations --split validation --prompts chat --limit 12 -o "$out/prompts-chat.jsonl"
+    step "3/6 spec-gen-hidden: the verifier's hidden states at EAGLE-3's layers"
+    spec-gen-hidden --verifier "$verifier" --data "$out/conversations.jsonl" -o "$out/data"
+    step "4/6 spec-train: an EAGLE-3 draft, one epoch"
+    steps=""; [ "{{STEPS}}" = "0" ] || steps="--max-steps {{STEPS}}"
+    spec-train --data "$out/data" --verifier "$verifier" -o "$out/train" $steps
+    step "5/6 spec-validate: the checkpoint against SPEC.md (and vLLM's and upstream's own loaders)"
+    if python -c "import sys; from libspec.interop.gates import gate_python; sys.exit(gate_python() is None)"; then
+        spec-validate --vllm --upstream "$out/train/best"
+    else
+        spec-validate "$out/train/best"
+        echo "(vLLM and upstream loader checks skipped: run ./just gates once to install them, ~5 min)" >&2
+    fi
+    step "6/6 spec-bench: τ and speedup vs the verifier alone, k = 1..4, output checked lossless"
+    spec-bench --verifier "$verifier" --speculator "$out/train/best" --prompts "$out/prompts-code.jsonl" "$out/prompts-chat.jsonl" \
+        --k 1-4 --max-new-tokens 96 -o "$out/report.json" --plot "$out/report.png" --write-best-k
+    spec-push "$out/train/best" spec-tools/demo-verifier.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" >/dev/null
+    printf "\nreport: %s  plot: %s  Hub-ready folder and card: %s\n" "$out/report.json" "$out/report.png" "$out/hub-ready/" >&2
 
 # spec-gen-hidden time per token vs a bare verifier forward, and bytes per token on disk
 bench-gen *ARGS:
@@ -41,6 +75,7 @@ conversations OUT="out/conversations.jsonl" *ARGS:
 # install the interop gates (vLLM 0.33 and upstream speculators 0.9, on CPU torch) into a venv of
 # their own, shared by every checkout on this machine; spec-validate --vllm/--upstream and the
 # gate tests use it. Instant when already installed; SPEC_SKIP_GATES=1 skips it (gate tests skip).
+[doc("install the interop gates (vLLM and upstream speculators on CPU) into a shared venv, once")]
 gates:
     #!/bin/sh
     set -eu
