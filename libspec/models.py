@@ -33,7 +33,10 @@ def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype, 
     """An AutoModelForCausalLM in eval mode on `device`."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     path = resolve_model_dir(name_or_path)
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a load that takes a second; our tools show their own progress
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:

@@ -231,3 +231,13 @@ def test_usage_errors_exit_2_and_help_explains(capsys, tmp_path):
     output = capsys.readouterr()
     assert "--regenerate" in output.out and "--shard-index" in output.out
     assert "--verifier is required" in output.err and "did you mean --verifier?" in output.err
+
+
+def test_human_summary_is_a_few_lines_not_json(capsys, tmp_path, verifier_dir, inputs):
+    argv = ["--quiet", "--verifier", str(verifier_dir), "--data", str(inputs), "--skip-bad", "-o", str(tmp_path / "out")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "records" in err and "supervised" in err and str(tmp_path / "out") in err.replace("\n", "")
+    assert not err.lstrip().startswith("{")
+    assert main(argv) == 0  # a rerun says so
+    assert "already complete" in capsys.readouterr().err

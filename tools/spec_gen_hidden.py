@@ -185,10 +185,29 @@ def _report(summary: dict, as_json: bool, streaming: bool) -> int:
     elif as_json:
         stderr.print(json.dumps(summary), soft_wrap=True, markup=False, highlight=False)
     else:
-        if summary.get("already_complete"):
-            stderr.print(f"[green]✓[/] {escape(summary['output'])} was already complete; nothing to do")
-        stderr.print_json(data=summary)
+        _print_summary(summary)
     return EXIT_OK
+
+
+def _print_summary(summary: dict) -> None:
+    """A few human lines on stderr (stdout may carry the stream); --json has every field."""
+    output = escape(summary["output"])
+    if "merged" in summary:
+        stderr.print(f"[green]✓[/] merged {len(summary['merged'])} data sets → {output}: "
+                     f"{summary['num_records']:,} records, {summary['num_tokens']:,} tokens, {summary['num_shards']} shards")  # fmt: skip
+        return
+    if summary.get("already_complete"):
+        stderr.print(f"[green]✓[/] {output} was already complete; nothing to do")
+    else:
+        stderr.print(f"[green]✓[/] {summary['records_written']:,} records, {summary['tokens_written']:,} tokens "
+                     f"({summary['supervised_tokens']:,} supervised) → {output}")  # fmt: skip
+    speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""
+    stderr.print(f"    layers {summary['layer_ids']}, {summary['storage_dtype']}, {summary['bytes_written'] / 1e6:,.1f} MB"
+                 f", {summary['elapsed_s']:.1f} s{speed}")  # fmt: skip
+    if summary.get("dropped"):
+        stderr.print("    dropped: " + ", ".join(f"{reason} {count:,}" for reason, count in summary["dropped"].items()))
+    for error in summary.get("first_errors") or []:
+        stderr.print(f"    [yellow]skipped:[/] {escape(str(error))}")
 
 
 def entry() -> None:
