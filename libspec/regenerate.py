@@ -16,6 +16,8 @@ call other tools than the recorded tool results answer.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 from dataclasses import dataclass
 
@@ -106,7 +108,7 @@ class Regenerator:
             pad_token_id=self.pad_id, **sampling,
         )
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _quiet_length_warning():
             torch.manual_seed(seed)
             output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config)
         return output[:, width:].tolist()
@@ -181,3 +183,17 @@ def _regenerable_turns(messages: list[dict]) -> list[int]:
                 break
             turns.append(j)
     return turns
+
+
+@contextlib.contextmanager
+def _quiet_length_warning():
+    """Silence transformers' "exceeded the model's predefined maximum length" reminder: it counts
+    the left padding of a batch, while every row's own length stays within max_len (budgets above)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
