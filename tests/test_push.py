@@ -37,6 +37,14 @@ TOKEN = "hf_loopbackSecretToken0123456789"
 TRAINING = {"command": ["spec-train", "--data", "data/", "-o", "out/"], "steps": 120, "epochs": 2, "final": {"loss": 3.25}}
 
 
+@pytest.fixture(autouse=True)
+def no_interop_gates(monkeypatch, request):
+    """Most tests here are about the card and the upload: run them as on a machine without the gates
+    (each gate run costs ~20 s); test_interop_gates_run_when_installed runs the real ones."""
+    if "real_gates" not in request.keywords:
+        monkeypatch.setattr("libspec.interop.gates.where_gate_runs", lambda gate: None)
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """A tiny verifier, an EAGLE-3 checkpoint recording it, and a real spec-bench report of the two."""
@@ -113,7 +121,7 @@ def test_card_numbers_are_the_reports(measured):
     total = sum(t.numel() for t in tensors.values() if t.is_floating_point())
     assert f"| parameters | {total:,} ({total - tensors['embed_tokens.weight'].numel():,} without `embed_tokens`) |" in card
     assert "ab" * 32 in card and "10 records, 1,234 tokens" in card and "spec-train --data data/ -o out/" in card and "steps: 120" in card
-    assert "not available in this spec-tools build" in card  # says which gates did not run
+    assert "vLLM gate: not installed here (./just gates), not run" in card  # says which gates did not run
 
 
 def test_card_without_reports_says_nothing_was_measured(measured):
@@ -523,3 +531,14 @@ def assert_fails(main, args, message):
     with pytest.raises(SpecError, match=re.escape(message)) as error:
         main(args)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.real_gates
+def test_interop_gates_run_when_installed(measured, tmp_path):
+    """With the gates installed, spec-push runs vLLM's and upstream's loaders and the card says so."""
+    from gates import require_gates
+
+    require_gates()
+    plan = plan_push(measured / "ckpt", [measured / "report.json"], PushOptions(REPO))
+    assert "vLLM gate (0." in plan.card and "upstream speculators gate (0." in plan.card
+    assert plan.card.count(": loads it (config parsing, every parameter loaded, shapes equal)") == 2
