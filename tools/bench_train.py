@@ -266,14 +266,15 @@ def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, 
 
 
 def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from libspec.algorithms.eagle3_model import Eagle3Proposer, load_proposer
     from libspec.training import TrainConfig, build_draft, prepare
 
+    from libspec.models import load_causal_lm
     from libspec.prompts import encode_prompt
 
-    model = AutoModelForCausalLM.from_pretrained(verifier_dir, dtype=torch.float32).eval()
+    model = load_causal_lm(str(verifier_dir), torch.device("cpu"), torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(verifier_dir)
     prompt_sets = {kind: [encode_prompt(tokenizer, item).tolist() for item in held_out_prompts(kind, args.prompts, args.seed)]
                    for kind in ("chat", "code")}  # fmt: skip
