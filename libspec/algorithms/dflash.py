@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libspec.algorithms import eagle3
 from libspec.algorithms.eagle3 import TensorSpec
 from libspec.fingerprint import text_config
 
@@ -169,15 +170,8 @@ def expected_tensors(config: dict) -> dict[str, TensorSpec]:
 
 
 def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
-    """Where the draft does not fit the verifier it is meant for."""
-    lm = text_config(verifier_config)
-    tl = config.get("transformer_layer_config") or {}
-    problems = [f"{key} is {tl.get(key)} but the verifier's is {lm.get(key)}" for key in ("hidden_size", "vocab_size") if tl.get(key) != lm.get(key)]
-    layers = lm.get("num_hidden_layers")
-    aux = config.get("aux_hidden_state_layer_ids") or []
-    if isinstance(layers, int) and any(i > layers for i in aux):
-        problems.append(f"aux_hidden_state_layer_ids {aux} reach past the verifier's {layers} layers")
-    return problems
+    """Where the draft does not fit the verifier it is meant for: EAGLE-3's checks, on DFlash's key."""
+    return eagle3.verifier_problems(config, verifier_config, aux_key="aux_hidden_state_layer_ids")
 
 
 def checkpoint_facts(config: dict) -> dict:

@@ -260,15 +260,16 @@ def _layer_tensors(index, tl, hidden, heads, kv_heads, head_dim, inter) -> dict[
     return {prefix + name: TensorSpec(tuple(shape), "float") for name, shape in specs.items()}
 
 
-def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
-    """Where the draft does not fit the verifier it is meant for (sizes, aux layers in range)."""
+def verifier_problems(config: dict, verifier_config: dict, aux_key: str = "eagle_aux_hidden_state_layer_ids") -> list[str]:
+    """Where the draft does not fit the verifier it is meant for (sizes, aux layers in range).
+    `aux_key` names the config's list of verifier layer ids (other algorithms name it differently)."""
     lm = text_config(verifier_config)
     tl = config.get("transformer_layer_config") or {}
     problems = [f"{key} is {tl.get(key)} but the verifier's is {lm.get(key)}" for key in ("hidden_size", "vocab_size") if tl.get(key) != lm.get(key)]
     layers = lm.get("num_hidden_layers")
-    aux = config.get("eagle_aux_hidden_state_layer_ids") or []
+    aux = config.get(aux_key) or []
     if isinstance(layers, int) and any(i > layers for i in aux):
-        problems.append(f"eagle_aux_hidden_state_layer_ids {aux} reach past the verifier's {layers} layers")
+        problems.append(f"{aux_key} {aux} reach past the verifier's {layers} layers")
     return problems
 
 

@@ -209,7 +209,24 @@ class DecoderLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-class Eagle3Draft(nn.Module):
+class CheckpointTensors:
+    """For draft modules: their checkpoint tensors are the state dict minus the rotary tables."""
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of a checkpoint: the state dict minus what is not saved (rotary tables)."""
+        return {name: t for name, t in self.state_dict().items() if not name.startswith("rotary.")}
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load checkpoint tensors; a missing embed_tokens keeps the current (verifier's) one."""
+        expected = self.checkpoint_tensors()
+        missing = set(expected) - set(tensors) - {"embed_tokens.weight"}
+        unexpected = set(tensors) - set(expected)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        self.load_state_dict(tensors, strict=False)
+
+
+class Eagle3Draft(CheckpointTensors, nn.Module):
     """An EAGLE-3 draft built from a checkpoint config.json (see the module docstring)."""
 
     def __init__(self, config: dict):
@@ -274,19 +291,6 @@ class Eagle3Draft(nn.Module):
     def to_verifier_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary ids to verifier ids (target = draft + d2t[draft])."""
         return draft_ids if self.d2t is None else draft_ids + self.d2t[draft_ids]
-
-    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors of a checkpoint: the state dict minus what is not saved (rotary tables)."""
-        return {name: t for name, t in self.state_dict().items() if not name.startswith("rotary.")}
-
-    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load checkpoint tensors; a missing embed_tokens keeps the current (verifier's) one."""
-        expected = self.checkpoint_tensors()
-        missing = set(expected) - set(tensors) - {"embed_tokens.weight"}
-        unexpected = set(tensors) - set(expected)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        self.load_state_dict(tensors, strict=False)
 
 
 class Eagle3Proposer:

@@ -17,7 +17,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms import eagle
-from libspec.algorithms.eagle3_model import MLP, Attention, DraftCache, RMSNorm, causal_mask
+from libspec.algorithms.eagle3_model import MLP, Attention, CheckpointTensors, DraftCache, RMSNorm, causal_mask
 
 
 class _Attention(Attention):
@@ -45,7 +45,7 @@ class EagleLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-class EagleDraft(nn.Module):
+class EagleDraft(CheckpointTensors, nn.Module):
     """An EAGLE-1 draft built from its config.json (see the module docstring)."""
 
     def __init__(self, config: dict):
@@ -80,19 +80,6 @@ class EagleDraft(nn.Module):
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, mask, None if cache is None else cache.layers[index])
         return hidden
-
-    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors of a checkpoint: the state dict minus the rotary tables."""
-        return {name: t for name, t in self.state_dict().items() if not name.startswith("rotary.")}
-
-    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load checkpoint tensors; a missing embed_tokens keeps the current (verifier's) one."""
-        expected = self.checkpoint_tensors()
-        missing = set(expected) - set(tensors) - {"embed_tokens.weight"}
-        unexpected = set(tensors) - set(expected)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        self.load_state_dict(tensors, strict=False)
 
 
 class EagleProposer:
