@@ -57,7 +57,7 @@ demo OUT="out/demo" RECORDS="1000" STEPS="0":
     steps=""; [ "{{STEPS}}" = "0" ] || steps="--max-steps {{STEPS}}"
     spec-train --data "$out/data" --verifier "$verifier" -o "$out/train" --draft-vocab-size 2048 $steps
     step "5/6 spec-validate: the checkpoint against SPEC.md (and vLLM's and upstream's own loaders)"
-    if python -c "import sys; from libspec.interop.gates import gate_python; sys.exit(gate_python() is None)"; then
+    if python -c "import sys; from libspec.validate.gates import gate_python; sys.exit(gate_python() is None)"; then
         spec-validate --vllm --upstream "$out/train/best"
     else
         spec-validate "$out/train/best"
@@ -85,7 +85,7 @@ gates:
     #!/bin/sh
     set -eu
     if [ -n "${SPEC_SKIP_GATES:-}" ]; then echo "gates: not installed (SPEC_SKIP_GATES is set); gate tests will skip" >&2; exit 0; fi
-    venv=$(python -c "from libspec.interop.gates import gate_venv; print(gate_venv())")  # the one spec-validate looks in
+    venv=$(python -c "from libspec.validate.gates import gate_venv; print(gate_venv())")  # the one spec-validate looks in
     torch="${SPEC_TORCH:-torch==2.13.0}"
     stamp="$venv/.spec-gates-installed"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$torch" ]; then exit 0; fi

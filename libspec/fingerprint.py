@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from libspec.digest import digest_file, sha256_text
+from libspec.format.digest import digest_file, sha256_text
 from libspec.errors import SpecError
 
 # Every file any HF tokenizer may be loaded from; whichever exist are hashed.

@@ -16,12 +16,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import random_checkpoint_tensors, random_samples, write_fake_verifier  # noqa: E402
 
-from libspec import checkpoint as ckpt  # noqa: E402
-from libspec.algorithms import eagle3  # noqa: E402
-from libspec.dataset import DatasetWriter  # noqa: E402
+from libspec.format import checkpoint as ckpt  # noqa: E402
+from libspec.algorithms.eagle3 import config as eagle3  # noqa: E402
+from libspec.format.dataset import DatasetWriter  # noqa: E402
 from libspec.fingerprint import fingerprint_verifier  # noqa: E402
-from libspec.sample import make_header  # noqa: E402
-from libspec.stream import StreamReader, StreamWriter  # noqa: E402
+from libspec.format.sample import make_header  # noqa: E402
+from libspec.format.stream import StreamReader, StreamWriter  # noqa: E402
 
 CREATED_AT = "2026-01-01T00:00:00Z"
 EXAMPLE_VERIFIER = {
@@ -65,7 +65,7 @@ def write_examples(out: Path, work: Path) -> None:
 
 def example_bench_report(header: dict) -> dict:
     """A spec-bench report with made-up raw counts (the shape is real; derived figures come from derive())."""
-    from libspec.bench import BenchSettings, best_k, derive, report_header
+    from libspec.bench.measure import BenchSettings, best_k, derive, report_header
 
     settings = BenchSettings((1, 2), max_new_tokens=64)
     report = report_header(settings, torch.device("cpu"), torch.float32, header["verifier"], None, "spec-bench --verifier ... (example)")

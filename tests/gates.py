@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from libspec.interop.gates import GATES, INSTALL_HINT, GateSession, where_gate_runs
-from libspec.validate import Report, validate
+from libspec.validate.gates import GATES, INSTALL_HINT, GateSession, where_gate_runs
+from libspec.validate.artifacts import Report, validate
 
 _session: GateSession | None = None
 

@@ -1,4 +1,4 @@
-"""A trained draft raises acceptance in the real drafting loop (libspec.decoding) on held-out prompts."""
+"""A trained draft raises acceptance in the real drafting loop (libspec.bench.decoding) on held-out prompts."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import TINY_LLAMA
-from libspec.algorithms.eagle3_model import Eagle3Proposer, load_proposer
-from libspec.decoding import Verifier, autoregressive_generate, speculative_generate
-from libspec.training import TrainConfig, build_draft, prepare, train
+from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
+from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.train.loop import TrainConfig, build_draft, prepare, train
 from verifier_data import greedy_records, load_verifier, make_dataset, make_verifier
 
 WIDER = {**TINY_LLAMA, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}

@@ -10,10 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import TINY_LLAMA, random_checkpoint_tensors
-from libspec import checkpoint as ckpt
-from libspec.algorithms import eagle3
-from libspec.bench import derive, expected_tokens_per_step
-from libspec.schemas import schema_problems
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.bench.measure import derive, expected_tokens_per_step
+from libspec.format.schemas import schema_problems
 from tools.spec_bench import main, parse_k
 
 BASELINE = {"histogram": [], "tokens": 1000, "prompts": 10, "seconds": {"decode": 9.9, "prefill": 0.5}, "calls": {"decode": 990}, "mismatched_prompts": []}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config
 
-from libspec.capture import BatchLimits, HiddenStateCapture, decoder_stack, plan_batches
+from libspec.capture.hooks import BatchLimits, HiddenStateCapture, decoder_stack, plan_batches
 from libspec.errors import SpecError
 
 TEXT = dict(

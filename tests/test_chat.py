@@ -6,7 +6,7 @@ import pytest
 from tokenizers.processors import TemplateProcessing
 from tiny_chat import make_tokenizer, stop_ids
 
-from libspec.chat import (
+from libspec.capture.chat import (
     ChatRenderer,
     ChatTemplateError,
     TokenizedSample,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import TINY_LLAMA, random_checkpoint_tensors
-from libspec import checkpoint as ckpt
-from libspec.algorithms import eagle3
-from libspec.validate import validate
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.validate.artifacts import validate
 
 
 def make_config(**changes) -> dict:
@@ -133,7 +133,7 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path):
 
 def test_checkpoint_files_get_the_umasks_permissions(tmp_path):
     """Regression: safetensors writes its file 0600, which hid converted checkpoints from colleagues."""
-    from libspec.atomic import default_file_mode
+    from libspec.format.atomic import default_file_mode
 
     path = write(tmp_path, make_config())
     assert {(p.name, p.stat().st_mode & 0o777) for p in path.iterdir()} == {(n, default_file_mode()) for n in ("config.json", "model.safetensors")}

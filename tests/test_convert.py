@@ -12,13 +12,14 @@ import torch
 
 from gates import gate_reports, require_gates
 from conftest import random_checkpoint_tensors, vocab_maps, write_fake_verifier
-from libspec import checkpoint as ckpt
-from libspec.algorithms import dflash, eagle3
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.dflash import config as dflash
+from libspec.algorithms.eagle3 import config as eagle3
 from libspec.convert import safeailab_eagle, specforge_eagle3
 from libspec.convert.common import ConvertOptions
 from libspec.convert.pipeline import ConvertRequest, convert
 from libspec.errors import SpecError
-from libspec.validate import validate
+from libspec.validate.artifacts import validate
 from tools.spec_convert import main
 
 H, V, HEADS, KV, D, INTER = 16, 64, 2, 1, 8, 32
@@ -216,9 +217,9 @@ def reloads(result):
     report = validate(result.output)
     assert report.ok, report.problems
     config, tensors = ckpt.read_config(result.output), ckpt.load_tensors(result.output)
-    from libspec.algorithms.dflash_model import DFlashDraft
-    from libspec.algorithms.eagle3_model import Eagle3Draft
-    from libspec.algorithms.eagle_model import EagleDraft
+    from libspec.algorithms.dflash.model import DFlashDraft
+    from libspec.algorithms.eagle3.model import Eagle3Draft
+    from libspec.algorithms.eagle.model import EagleDraft
 
     model = {"eagle3": Eagle3Draft, "eagle": EagleDraft, "dflash": DFlashDraft}[result.algorithm](config)
     model.load_checkpoint_tensors(tensors)

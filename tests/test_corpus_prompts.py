@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from libspec.corpus_conversations import CorpusOptions, corpus_prompts, write_jsonl
-from libspec.prompts import load_prompt_set
+from libspec.demo.corpus import CorpusOptions, corpus_prompts, write_jsonl
+from libspec.bench.prompts import load_prompt_set
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import TINY_LLAMA
-from libspec.algorithms import eagle3
-from libspec.algorithms.eagle3_model import Eagle3Draft, Eagle3Proposer
-from libspec.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.algorithms.eagle3.model import Eagle3Draft, Eagle3Proposer
+from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
 
 
 def tiny_verifier(seed=0, **changes) -> LlamaForCausalLM:
@@ -181,8 +181,8 @@ def test_speculative_sampling_preserves_the_verifier_distribution(monkeypatch):
     marginal = counts.view(8, 8).sum(1)
     assert chi_square(marginal, expected.view(8, 8).sum(1)) < CHI2_999[7]
     # The test has power: the same loop with a rule that keeps every draft fails it clearly.
-    import libspec.decoding
+    import libspec.bench.decoding
 
-    monkeypatch.setattr(libspec.decoding, "_accept", lambda drafts, *rest: (len(drafts), drafts[-1]))
+    monkeypatch.setattr(libspec.bench.decoding, "_accept", lambda drafts, *rest: (len(drafts), drafts[-1]))
     broken = sampled_pairs(verifier, FixedDraftProposer(q), prompt, 600, seed=0).flatten()
     assert chi_square(broken, expected) > 3 * CHI2_999[63]

@@ -9,10 +9,10 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
 from conftest import TINY_LLAMA
-from libspec import checkpoint as ckpt
-from libspec.algorithms import eagle3
-from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft, causal_mask
-from libspec.validate import validate
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.algorithms.eagle3.model import DraftCache, Eagle3Draft, causal_mask
+from libspec.validate.artifacts import validate
 
 
 def draft_config(**changes) -> dict:

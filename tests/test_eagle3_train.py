@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import TINY_LLAMA
-from libspec.algorithms import eagle3
-from libspec.algorithms.eagle3_model import DocumentSpans, DraftCache, Eagle3Draft
-from libspec.algorithms.eagle3_train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
-from libspec.packing import build_batch
-from libspec.teacher import Teacher, find_final_norm
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.algorithms.eagle3.model import DocumentSpans, DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3.train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
+from libspec.train.packing import build_batch
+from libspec.train.teacher import Teacher, find_final_norm
 from torch import nn
 
 H, V = 16, 64

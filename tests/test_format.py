@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import random_samples
-from libspec.data import create_sink, open_data
-from libspec.dataset import MANIFEST, Dataset, DatasetWriter, read_manifest
+from libspec.format.sample_io import create_sink, open_data
+from libspec.format.dataset import MANIFEST, Dataset, DatasetWriter, read_manifest
 from libspec.errors import SpecError
 from libspec.fingerprint import fingerprint_verifier
-from libspec.records import decode_records, encode_records, read_record_shard
-from libspec.sample import make_header
-from libspec.schemas import schema_problems
-from libspec.records import record_problems
-from libspec.stream import StreamReader, StreamWriter
-from libspec.tensors import TensorShard, decode_hidden, encode_hidden
+from libspec.format.records import decode_records, encode_records, read_record_shard
+from libspec.format.sample import make_header
+from libspec.format.schemas import schema_problems
+from libspec.format.records import record_problems
+from libspec.format.stream import StreamReader, StreamWriter
+from libspec.format.tensors import TensorShard, decode_hidden, encode_hidden
 
 LAYERS = [1, 2, 4]
 

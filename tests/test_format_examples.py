@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from format_examples import write_examples
-from libspec.schemas import SCHEMA_NAMES, schema_problems
-from libspec.validate import validate
+from libspec.format.schemas import SCHEMA_NAMES, schema_problems
+from libspec.validate.artifacts import validate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from tiny_chat import conversations, loaded_verifier, write_chat_verifier, write_jsonl
 
-from libspec.capture import HiddenStateCapture
-from libspec.dataset import Dataset
+from libspec.capture.hooks import HiddenStateCapture
+from libspec.format.dataset import Dataset
 from libspec.errors import SpecError
-from libspec.stream import StreamReader
-from libspec.validate import validate
+from libspec.format.stream import StreamReader
+from libspec.validate.artifacts import validate
 from tools.spec_gen_hidden import main
 
 ROOT = Path(__file__).resolve().parent.parent

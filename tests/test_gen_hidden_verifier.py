@@ -8,13 +8,13 @@ import pytest
 import torch
 from tiny_chat import loaded_verifier
 
-from libspec.capture import HiddenStateCapture
-from libspec.corpus_conversations import verifier_training_files, write_corpus_conversations
-from libspec.dataset import Dataset
-from libspec.validate import validate
+from libspec.capture.hooks import HiddenStateCapture
+from libspec.demo.corpus import verifier_training_files, write_corpus_conversations
+from libspec.format.dataset import Dataset
+from libspec.validate.artifacts import validate
 from tools.spec_gen_hidden import main
 
-tiny_verifier = pytest.importorskip("libspec.tiny_verifier")
+tiny_verifier = pytest.importorskip("libspec.demo.tiny_verifier")
 
 
 def test_corpus_conversations_through_the_built_in_verifier(capsys, tmp_path):
@@ -50,6 +50,6 @@ def test_corpus_conversations_through_the_built_in_verifier(capsys, tmp_path):
 
 
 def tiny_verifier_aux(n: int) -> list[int]:
-    from libspec.algorithms.eagle3 import default_aux_layer_ids
+    from libspec.algorithms.eagle3.config import default_aux_layer_ids
 
     return default_aux_layer_ids(n)

@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from libspec.errors import SpecError
-from libspec.inputs import count_items, expand_inputs, normalise, read_items
+from libspec.capture.inputs import count_items, expand_inputs, normalise, read_items
 
 
 def items_of(tmp_path, lines: list, name: str = "in.jsonl"):

@@ -15,12 +15,12 @@ import torch
 
 from conftest import TINY_LLAMA, random_checkpoint_tensors
 from gates import assert_servable, gate_reports, require_gates, session
-from libspec import checkpoint as ckpt
-from libspec.algorithms import eagle3
-from libspec.interop import serving
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec import serving
 from libspec.errors import SpecError
-from libspec.interop.gates import STAMP, gate_python, run_gates
-from libspec.validate import validate
+from libspec.validate.gates import STAMP, gate_python, run_gates
+from libspec.validate.artifacts import validate
 from tools._cli import run
 from tools.spec_validate import main
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import random_samples
 
-from libspec.dataset import Dataset, DatasetWriter
+from libspec.format.dataset import Dataset, DatasetWriter
 from libspec.errors import SpecError
 from libspec.fingerprint import fingerprint_verifier
-from libspec.merge import merge_datasets
-from libspec.sample import make_header
-from libspec.validate import validate
+from libspec.capture.merge import merge_datasets
+from libspec.format.sample import make_header
+from libspec.validate.artifacts import validate
 
 
 def write_part(directory, verifier, samples, layer_ids=(1, 4), shard_index=None, num_shards=None):

@@ -17,15 +17,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import TINY_LLAMA, random_checkpoint_tensors
-from libspec import checkpoint as ckpt
-from libspec import spec_decode_metrics as sdm
-from libspec.algorithms import eagle3
-from libspec.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.format import checkpoint as ckpt
+from libspec.bench import metrics_page as sdm
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
 from libspec.errors import SpecError
 from libspec.models import eos_token_ids
-from libspec.online_bench import OnlineSettings, _data_source, derive_row, endpoint_flags, find_guidellm, replay_steps
-from libspec.openai_server import ServerConfig, TextStream, load_engine, make_server
-from libspec.prompts import encode_prompt
+from libspec.bench.online import OnlineSettings, _data_source, derive_row, endpoint_flags, find_guidellm, replay_steps
+from libspec.bench.server import ServerConfig, TextStream, load_engine, make_server
+from libspec.bench.prompts import encode_prompt
 
 K = 3
 PROMPTS = [{"prompt": "t4 t5 t6 t7"}, {"prompt": "t9 t8"}, {"messages": [{"role": "user", "content": "t5 t6 t7"}]}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from libspec.packing import build_batch, is_validation_record, num_queries, plan_epoch
+from libspec.train.packing import build_batch, is_validation_record, num_queries, plan_epoch
 
 
 def test_plan_uses_every_sample_once_within_the_budget():

@@ -21,14 +21,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import libspec
 from conftest import TINY_LLAMA, random_checkpoint_tensors
-from libspec import checkpoint as ckpt
-from libspec.algorithms import eagle3
-from libspec.bench import derive
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.eagle3 import config as eagle3
+from libspec.bench.measure import derive
 from libspec.errors import SpecError
 from libspec.fingerprint import fingerprint_verifier
-from libspec.model_card import number
-from libspec.publish import PushOptions, plan_push, write_folder
-from libspec.validate import validate
+from libspec.publish.model_card import number
+from libspec.publish.push import PushOptions, plan_push, write_folder
+from libspec.validate.artifacts import validate
 from tools import spec_bench, spec_push
 
 VERIFIER_ID = "org/tiny-verifier"
@@ -42,7 +42,7 @@ def no_interop_gates(monkeypatch, request):
     """Most tests here are about the card and the upload: run them as on a machine without the gates
     (each gate run costs ~20 s); test_interop_gates_run_when_installed runs the real ones."""
     if "real_gates" not in request.keywords:
-        monkeypatch.setattr("libspec.interop.gates.where_gate_runs", lambda gate: None)
+        monkeypatch.setattr("libspec.validate.gates.where_gate_runs", lambda gate: None)
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +309,7 @@ def test_to_dir_never_replaces_a_folder_that_is_not_a_checkpoint(measured, tmp_p
 def test_atomic_directory_keeps_the_old_folder_when_anything_fails(tmp_path, monkeypatch):
     import os
 
-    from libspec.atomic import atomic_directory
+    from libspec.format.atomic import atomic_directory
 
     target = tmp_path / "out"
     target.mkdir()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny_chat import loaded_verifier, write_chat_verifier
 
-from libspec.capture import BatchLimits
-from libspec.chat import ChatRenderer, samples_from_turns
-from libspec.inputs import Example
-from libspec.regenerate import Regenerator, SamplingOptions
+from libspec.capture.hooks import BatchLimits
+from libspec.capture.chat import ChatRenderer, samples_from_turns
+from libspec.capture.inputs import Example
+from libspec.capture.regenerate import Regenerator, SamplingOptions
 
 
 @pytest.fixture(scope="module")

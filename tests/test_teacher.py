@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, Qwen3Config
 
 from libspec.errors import SpecError
-from libspec.teacher import load_verifier_head
+from libspec.train.teacher import load_verifier_head
 
 SMALL = {"vocab_size": 48, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
          "num_key_value_heads": 1, "head_dim": 8, "max_position_embeddings": 64}  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from libspec import tiny_verifier
+from libspec.demo import tiny_verifier
 from libspec.errors import SpecError
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything must load from the folder alone

@@ -16,12 +16,12 @@ import torch
 
 from conftest import TINY_LLAMA
 from gates import assert_servable
-from libspec import checkpoint as ckpt
-from libspec.data import open_data
+from libspec.format import checkpoint as ckpt
+from libspec.format.sample_io import open_data
 from libspec.errors import SpecError
-from libspec.stream import StreamWriter
-from libspec.training import TrainConfig, train
-from libspec.validate import validate
+from libspec.format.stream import StreamWriter
+from libspec.train.loop import TrainConfig, train
+from libspec.validate.artifacts import validate
 from verifier_data import make_dataset, make_verifier, pattern_records
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import random_samples
-from libspec.dataset import MANIFEST, DatasetWriter
+from libspec.format.dataset import MANIFEST, DatasetWriter
 from libspec.fingerprint import fingerprint_verifier
-from libspec.records import encode_records, decode_records
-from libspec.digest import digest_bytes
-from libspec.sample import make_header
-from libspec.stream import StreamWriter
+from libspec.format.records import encode_records, decode_records
+from libspec.format.digest import digest_bytes
+from libspec.format.sample import make_header
+from libspec.format.stream import StreamWriter
 from tools.spec_validate import main
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from libspec.errors import SpecError
-from libspec.validate import vocab_map_problems
-from libspec.vocab_map import build_vocab_map, count_supervised_tokens, vocab_map_from_checkpoint
+from libspec.validate.artifacts import vocab_map_problems
+from libspec.train.vocab_map import build_vocab_map, count_supervised_tokens, vocab_map_from_checkpoint
 
 
 def test_counts_only_supervised_tokens():

@@ -54,7 +54,7 @@ QWEN3_TEMPLATE = (
     "{%- endif %}"
 )
 
-# The project verifier's ChatML template (libspec.tiny_verifier.CHAT_TEMPLATE), with generation markers.
+# The project verifier's ChatML template (libspec.demo.tiny_verifier.CHAT_TEMPLATE), with generation markers.
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"

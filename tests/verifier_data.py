@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 from conftest import TINY_LLAMA, write_fake_verifier
-from libspec.dataset import DatasetWriter
+from libspec.format.dataset import DatasetWriter
 from libspec.fingerprint import fingerprint_verifier
-from libspec.sample import make_header
+from libspec.format.sample import make_header
 
 
 def make_verifier(directory: Path, config: dict | None = None, seed: int = 0, head_scale: float = 1.0) -> Path:
@@ -66,7 +66,7 @@ def make_dataset(
     model = load_verifier(verifier_dir)
     depth = model.config.num_hidden_layers
     if layer_ids is None:
-        from libspec.algorithms.eagle3 import default_aux_layer_ids
+        from libspec.algorithms.eagle3.config import default_aux_layer_ids
 
         layer_ids = sorted(set(default_aux_layer_ids(depth)) | {depth})
     header = make_header(fingerprint_verifier(str(verifier_dir)), layer_ids, storage_dtype, "tests")

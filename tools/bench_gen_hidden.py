@@ -33,10 +33,10 @@ import torch  # noqa: E402
 import zstandard  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from libspec.capture import BatchLimits, plan_batches  # noqa: E402
-from libspec.corpus_conversations import CorpusOptions, write_corpus_conversations  # noqa: E402
-from libspec.dataset import Dataset  # noqa: E402
-from libspec.gen_hidden import GenHiddenConfig, generate_hidden_states  # noqa: E402
+from libspec.capture.hooks import BatchLimits, plan_batches  # noqa: E402
+from libspec.demo.corpus import CorpusOptions, write_corpus_conversations  # noqa: E402
+from libspec.format.dataset import Dataset  # noqa: E402
+from libspec.capture.gen_hidden import GenHiddenConfig, generate_hidden_states  # noqa: E402
 from libspec.verifier_model import load_model, load_verifier  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stdout  # noqa: E402
 
@@ -48,8 +48,8 @@ def verifier_and_files(args) -> tuple[Path, Path, list[Path]]:
 
         root = Path(sysconfig.get_paths()["stdlib"])
         return Path(args.verifier), root, sorted(root.glob("*.py"))
-    from libspec.corpus_conversations import verifier_training_files
-    from libspec.tiny_verifier import build_verifier
+    from libspec.demo.corpus import verifier_training_files
+    from libspec.demo.tiny_verifier import build_verifier
 
     root, files = verifier_training_files(args.preset, "train")
     return build_verifier(args.preset), root, files

@@ -3,7 +3,7 @@
 Both train on the same data set from the small verifier, the same batches in the same order, the
 same number of steps and seed; each in its own process (so peak memory is its own). Then both
 drafts (and the untrained draft, as a floor) are measured on held-out prompts with the real
-drafting loop (libspec.decoding: greedy chain drafting, lossless greedy verification), where tau
+drafting loop (libspec.bench.decoding: greedy chain drafting, lossless greedy verification), where tau
 = 1 + accepted drafts / verifier forwards. Prints training tokens/s, peak memory and tau, with the
 ratios ours/upstream, measured in this one run.
 
@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from libspec.packing import PackedBatch
+from libspec.train.packing import PackedBatch
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_TOOLS_CACHE", Path.home() / ".cache" / "spec-tools"))
@@ -36,7 +36,7 @@ CACHE = Path(os.environ.get("SPEC_TOOLS_CACHE", Path.home() / ".cache" / "spec-t
 
 def planned_batches(run, steps: int) -> Iterator[PackedBatch]:
     """The batches spec-train trains on, in its order (one process, no accumulation), for `steps` steps."""
-    from libspec.training import epoch_plan, load_batch, train_query_counts
+    from libspec.train.loop import epoch_plan, load_batch, train_query_counts
 
     counts = train_query_counts(run)
     produced, epoch = 0, 0
@@ -55,7 +55,7 @@ def planned_batches(run, steps: int) -> Iterator[PackedBatch]:
 def build_data(verifier_dir: Path, out: Path, samples: int, seed: int, regenerate: bool, env: dict) -> Path:
     """Training conversations from the verifier's training files (corpus_conversations), captured by
     spec-gen-hidden at EAGLE-3's default layers, stored bf16."""
-    from libspec.corpus_conversations import CorpusOptions, verifier_training_files, write_corpus_conversations
+    from libspec.demo.corpus import CorpusOptions, verifier_training_files, write_corpus_conversations
 
     root, files = verifier_training_files("full", "train")
     conversations = out.with_name(out.name + ".conversations.jsonl")
@@ -73,7 +73,7 @@ def build_data(verifier_dir: Path, out: Path, samples: int, seed: int, regenerat
 
 def held_out_prompts(kind: str, count: int, seed: int) -> list[dict]:
     """Benchmark prompts (code completion or one chat turn) from the files the verifier never saw."""
-    from libspec.corpus_conversations import CorpusOptions, corpus_prompts, verifier_training_files
+    from libspec.demo.corpus import CorpusOptions, corpus_prompts, verifier_training_files
 
     root, files = verifier_training_files("full", "validation")
     prompts = list(corpus_prompts(files, kind, root, CorpusOptions(seed=seed)))
@@ -94,7 +94,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from libspec.training import TrainConfig, train
+    from libspec.train.loop import TrainConfig, train
 
     options = json.loads(args.options)
     config = TrainConfig(data=args.data, verifier=args.verifier, output=args.output, max_steps=args.steps, epochs=10_000,
@@ -130,7 +130,7 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
 @torch.no_grad()
 def measure_tau(model, proposer, prompts: list[list[int]], k: int, max_new_tokens: int, eos_ids: set[int], temperature: float = 0.0) -> dict:
     """tau and per-position acceptance of a proposer over prompts, from the accepted-drafts histogram."""
-    from libspec.decoding import Verifier, speculative_generate
+    from libspec.bench.decoding import Verifier, speculative_generate
 
     verifier = Verifier(model, proposer.aux_layer_ids)
     generator = torch.Generator().manual_seed(0)
@@ -249,7 +249,7 @@ def _say(message: str) -> None:
 
 def small_verifier() -> Path:
     try:
-        from libspec.tiny_verifier import build_verifier
+        from libspec.demo.tiny_verifier import build_verifier
     except ImportError:
         raise SystemExit("bench-train: the built-in small verifier is not available here; pass --verifier DIR") from None
     return Path(build_verifier("full"))
@@ -268,11 +268,11 @@ def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, 
 def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args) -> dict:
     from transformers import AutoTokenizer
 
-    from libspec.algorithms.eagle3_model import Eagle3Proposer, load_proposer
-    from libspec.training import TrainConfig, build_draft, prepare
+    from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
+    from libspec.train.loop import TrainConfig, build_draft, prepare
 
     from libspec.models import load_causal_lm
-    from libspec.prompts import encode_prompt
+    from libspec.bench.prompts import encode_prompt
 
     model = load_causal_lm(str(verifier_dir), torch.device("cpu"), torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(verifier_dir)

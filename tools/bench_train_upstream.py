@@ -8,7 +8,7 @@ its train CLI sets them), `build_optimizers` (Muon on 2-D weights + AdamW, lr 1e
 schedule with 1% warmup, grad-norm clip 1.0, its forward with `ttt_steps` and the kl_div loss.
 Two CPU-only settings, as upstream documents for hardware without them: `draft_attn_impl="sdpa"`
 (flex attention has no CPU backward) and the eager loss (the fused one needs Triton). Batches are
-the very ones spec-train builds (libspec.packing, same seed), converted to upstream's keys.
+the very ones spec-train builds (libspec.train.packing, same seed), converted to upstream's keys.
 
 Prints one JSON line: tokens/s, peak memory, the loss curve, and where the draft was saved.
 """
@@ -50,7 +50,7 @@ def main() -> None:
     from speculators.train.cli import create_transformer_layer_config
     from transformers import get_linear_schedule_with_warmup
 
-    from libspec.training import TrainConfig, prepare
+    from libspec.train.loop import TrainConfig, prepare
     from tools.bench_train import planned_batches
 
     ours = TrainConfig(data=args.data, verifier=args.verifier, output=args.output, tokens_per_batch=args.tokens_per_batch,

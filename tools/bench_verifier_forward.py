@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from libspec import tiny_verifier  # noqa: E402
+from libspec.demo import tiny_verifier  # noqa: E402
 from libspec.errors import SpecError  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stdout  # noqa: E402
 

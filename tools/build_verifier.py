@@ -22,7 +22,7 @@ from rich.progress import (  # noqa: E402
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-from libspec import tiny_verifier  # noqa: E402
+from libspec.demo import tiny_verifier  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout  # noqa: E402
 
 

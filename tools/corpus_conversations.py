@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from libspec.corpus_conversations import PROMPT_KINDS, CorpusOptions, corpus_prompts, verifier_training_files, write_corpus_conversations, write_jsonl
+from libspec.demo.corpus import PROMPT_KINDS, CorpusOptions, corpus_prompts, verifier_training_files, write_corpus_conversations, write_jsonl
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr
 
 

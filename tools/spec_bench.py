@@ -13,15 +13,15 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
-from libspec import checkpoint as ckpt
+from libspec.format import checkpoint as ckpt
 from libspec.algorithms import load_proposer
-from libspec.atomic import write_text_atomic
-from libspec.bench import BenchSettings, bench_prompt_set, report_header
-from libspec.decoding import Verifier
+from libspec.format.atomic import write_text_atomic
+from libspec.bench.measure import BenchSettings, bench_prompt_set, report_header
+from libspec.bench.decoding import Verifier
 from libspec.errors import SpecError
 from libspec.fingerprint import fingerprint_verifier
 from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
-from libspec.prompts import load_prompt_set
+from libspec.bench.prompts import load_prompt_set
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
 
 DESCRIPTION = """\
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     if args.plot and proposer:
-        from libspec.bench_plot import plot_report
+        from libspec.bench.plot import plot_report
 
         plot_report(report, args.plot)
     if args.write_best_k:

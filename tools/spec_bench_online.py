@@ -10,9 +10,9 @@ from typing import Sequence
 from rich.markup import escape
 from rich.table import Table
 
-from libspec.atomic import write_text_atomic
+from libspec.format.atomic import write_text_atomic
 from libspec.errors import SpecError
-from libspec.online_bench import INSTALL_HINT, OnlineSettings, run_online_bench
+from libspec.bench.online import INSTALL_HINT, OnlineSettings, run_online_bench
 from tools._cli import EXIT_OK, make_parser, print_json, stderr, stdout
 
 DESCRIPTION = f"""\

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from rich.logging import RichHandler
 
-from libspec.openai_server import ENGINE_NOTE, ServerConfig, load_engine, make_server
+from libspec.bench.server import ENGINE_NOTE, ServerConfig, load_engine, make_server
 from tools._cli import EXIT_OK, make_parser, print_json, stderr
 
 DESCRIPTION = f"""\

@@ -15,8 +15,8 @@ from typing import Sequence  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from libspec.dataset import DEFAULT_SHARD_BYTES  # noqa: E402
-from libspec.tensors import STORAGE_DTYPES  # noqa: E402
+from libspec.format.dataset import DEFAULT_SHARD_BYTES  # noqa: E402
+from libspec.format.tensors import STORAGE_DTYPES  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr  # noqa: E402
 
 DESCRIPTION = """\
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     streaming = args.output == "-"
     if args.merge:
-        from libspec.merge import merge_datasets
+        from libspec.capture.merge import merge_datasets
 
         if streaming:
             parser.error("--merge writes a data set directory; -o - is not allowed")
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from libspec.gen_hidden import GenHiddenConfig, generate_hidden_states
+    from libspec.capture.gen_hidden import GenHiddenConfig, generate_hidden_states
 
     if args.threads:
         torch.set_num_threads(args.threads)

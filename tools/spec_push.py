@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from libspec.errors import SpecError
-from libspec.publish import PushOptions, PushPlan, plan_push, upload, write_folder
+from libspec.publish.push import PushOptions, PushPlan, plan_push, upload, write_folder
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
 DESCRIPTION = """\

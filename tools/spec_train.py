@@ -10,8 +10,8 @@ from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from libspec.algorithms.eagle3_train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS
-from libspec.training import TrainConfig, TrainResult, train
+from libspec.algorithms.eagle3.train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS
+from libspec.train.loop import TrainConfig, TrainResult, train
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
 
 DESCRIPTION = """\

@@ -6,8 +6,8 @@ from typing import Sequence
 
 from rich.markup import escape
 
-from libspec.interop.gates import run_gates
-from libspec.validate import KINDS, Report, validate
+from libspec.validate.gates import run_gates
+from libspec.validate.artifacts import KINDS, Report, validate
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
 DESCRIPTION = f"""\

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from libspec.algorithms import dflash, eagle, eagle3
+from libspec.algorithms.dflash import config as dflash
+from libspec.algorithms.eagle import config as eagle
+from libspec.algorithms.eagle3 import config as eagle3
 
 ALGORITHMS: dict[str, ModuleType] = {
     "eagle3": eagle3,
@@ -34,21 +36,21 @@ def algorithm_name(config: dict) -> str | None:
 
 
 def load_proposer(checkpoint_dir, verifier_model, dtype=None):
-    """A decoding proposer (libspec.decoding.Proposer) for any checkpoint we can run."""
-    from libspec import checkpoint as ckpt
+    """A decoding proposer (libspec.bench.decoding.Proposer) for any checkpoint we can run."""
+    from libspec.format import checkpoint as ckpt
     from libspec.errors import SpecError
 
     model_type = algorithm_name(ckpt.read_config(checkpoint_dir))
     if model_type == "eagle3":
-        from libspec.algorithms.eagle3_model import load_proposer as load_eagle3
+        from libspec.algorithms.eagle3.model import load_proposer as load_eagle3
 
         return load_eagle3(checkpoint_dir, verifier_model, dtype)
     if model_type == "eagle":
-        from libspec.algorithms.eagle_model import load_proposer as load_eagle
+        from libspec.algorithms.eagle.model import load_proposer as load_eagle
 
         return load_eagle(checkpoint_dir, verifier_model, dtype)
     if model_type == "dflash":
-        from libspec.algorithms.dflash_model import load_proposer as load_dflash
+        from libspec.algorithms.dflash.model import load_proposer as load_dflash
 
         return load_dflash(checkpoint_dir, verifier_model, dtype)
     raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: eagle3, eagle, dflash)")

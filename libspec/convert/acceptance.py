@@ -1,4 +1,4 @@
-"""`--check-acceptance`: a quick τ of the converted draft with spec-bench's engine (libspec.bench),
+"""`--check-acceptance`: a quick τ of the converted draft with spec-bench's engine (libspec.bench.measure),
 when the verifier's weights and tokenizer are local. A handful of short prompts: enough to tell a
 working draft (τ well above 1) from a broken one (τ ≈ 1), not a benchmark."""
 
@@ -23,10 +23,10 @@ NEW_TOKENS = 48
 def quick_acceptance(checkpoint: Path, verifier: Verifier, k: int) -> dict:
     """{"tau", "k", "prompts", "lossless", ...} or {"skipped": why}."""
     from libspec.algorithms import load_proposer
-    from libspec.bench import BenchSettings, bench_prompt_set
-    from libspec.decoding import Verifier as DecodingVerifier
+    from libspec.bench.measure import BenchSettings, bench_prompt_set
+    from libspec.bench.decoding import Verifier as DecodingVerifier
     from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer
-    from libspec.prompts import PromptSet
+    from libspec.bench.prompts import PromptSet
 
     if not verifier.weight_files:
         return {"skipped": f"the verifier's weights are not local ({verifier.name_or_path})"}
@@ -48,5 +48,5 @@ def quick_acceptance(checkpoint: Path, verifier: Verifier, k: int) -> dict:
         "new_tokens_per_prompt": NEW_TOKENS,
         "histogram": row["histogram"],
         "lossless": row["derived"]["lossless"],
-        "engine": "spec-bench's offline engine (libspec.bench), CPU float32, greedy",
+        "engine": "spec-bench's offline engine (libspec.bench.measure), CPU float32, greedy",
     }

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from libspec import checkpoint as ckpt
-from libspec.algorithms.dflash_model import DFlashDraft
-from libspec.algorithms.eagle3_model import DraftCache, Eagle3Draft
-from libspec.algorithms.eagle_model import EagleDraft
+from libspec.format import checkpoint as ckpt
+from libspec.algorithms.dflash.model import DFlashDraft
+from libspec.algorithms.eagle3.model import DraftCache, Eagle3Draft
+from libspec.algorithms.eagle.model import EagleDraft
 from libspec.convert.common import Conversion, Verifier, verifier_tensor
 
 # Relative to the largest |logit|: float32 with different operation orders agrees to ~1e-6.

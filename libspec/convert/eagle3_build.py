@@ -4,7 +4,7 @@ The four EAGLE-3 source formats (SafeAILab, SpecForge, ModelOpt, old speculators
 names and in what their configs record; the draft itself is the same. Each converter renames
 the tensors and says what its source records and assumes (`Eagle3Facts`); this module infers
 the shapes from the tensors, checks them against the verifier, settles every option and writes
-the config with libspec.algorithms.eagle3.
+the config with libspec.algorithms.eagle3.config.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from libspec.algorithms import eagle3
+from libspec.algorithms.eagle3 import config as eagle3
 from libspec.convert.common import (
     DERIVED,
     Conversion,

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from libspec import checkpoint as ckpt
-from libspec.atomic import atomic_directory
+from libspec.format import checkpoint as ckpt
+from libspec.format.atomic import atomic_directory
 from libspec.algorithms import algorithm_for
 from libspec.convert.check import numeric_check
 from libspec.convert.common import ConvertOptions, load_verifier
 from libspec.convert.detect import detect_format, resolve_format
 from libspec.convert.source import load_source, looks_like_hub_id
 from libspec.errors import SpecError
-from libspec.validate import validate
+from libspec.validate.artifacts import validate
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """SafeAILab EAGLE-1 / EAGLE-2 checkpoints and HASS (`eagle/model/cnets1.py`; HArmonizedSS/HASS
 `model/cnets_hass.py`, the same inference layout) -> the EAGLE-1 folder vLLM serves with
-`method: "eagle"` (libspec/algorithms/eagle.py).
+`method: "eagle"` (libspec/algorithms/eagle/config.py).
 
 Layout: a flat HF Llama config (`bias` says whether `fc` has one, default true; `qkv_bias` for
 Qwen2 drafts); weights `fc` over [embedding, feature] (+ `fc.bias`), `layers.{i}.*` where layer 0
@@ -20,8 +20,8 @@ import re
 
 import torch
 
-from libspec.algorithms import eagle
-from libspec.algorithms.eagle3 import rope_parameters
+from libspec.algorithms.eagle import config as eagle
+from libspec.algorithms.eagle3.config import rope_parameters
 from libspec.convert.common import (
     DERIVED,
     Conversion,

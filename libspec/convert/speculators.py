@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from libspec.algorithms import eagle
+from libspec.algorithms.eagle import config as eagle
 from libspec.convert.common import DERIVED, OPTION, Conversion, ConvertOptions, Decision, Verifier
 from libspec.convert.source import Source
 from libspec.errors import SpecError

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from libspec.algorithms.eagle3 import rope_parameters
+from libspec.algorithms.eagle3.config import rope_parameters
 from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision, Verifier
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux
 from libspec.convert.reference import Eagle3Layout, EagleLayout

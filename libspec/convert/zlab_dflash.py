@@ -1,5 +1,5 @@
 """z-lab DFlash drafts (github.com/z-lab/dflash, `dflash/model.py`) -> the speculators `dflash`
-checkpoint vLLM 0.33 serves (libspec/algorithms/dflash.py).
+checkpoint vLLM 0.33 serves (libspec/algorithms/dflash/config.py).
 
 Layout: a Qwen3 config with `architectures: ["DFlashDraftModel"]`, `block_size`,
 `num_target_layers` and `dflash_config: {mask_token_id, target_layer_ids}`; weights `fc`,
@@ -17,8 +17,8 @@ import re
 
 import torch
 
-from libspec.algorithms import dflash
-from libspec.algorithms.eagle3 import rope_parameters
+from libspec.algorithms.dflash import config as dflash
+from libspec.algorithms.eagle3.config import rope_parameters
 from libspec.convert.common import (
     Conversion,
     ConvertOptions,

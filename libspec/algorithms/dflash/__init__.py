@@ -1,0 +1,1 @@
+"""DFlash: checkpoint config and draft model."""

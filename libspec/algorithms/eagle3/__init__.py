@@ -1,0 +1,1 @@
+"""EAGLE-3: checkpoint config, draft model, training objective."""

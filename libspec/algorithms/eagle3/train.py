@@ -1,0 +1,191 @@
+"""One EAGLE-3 training step: test-time training (TTT) over a packed batch, losses and metrics.
+
+Step s of TTT replays what the draft does at its (s+1)-th drafted token. For draft query j (see
+libspec.train.packing: hidden state of token i, next token i+1), step s feeds token i+1+s, the hidden
+state the draft produced at step s-1, position i+s (vLLM's), and learns the verifier's
+distribution after token i+1+s (the teacher, recomputed from the stored last hidden state).
+Teacher logits and draft logits are computed only where some step trains (supervised targets):
+the vocabulary projection is most of a step's cost. Attention at step s: query
+j sees step 0's keys <= j of its own document and its own slot in steps 1..s, exactly the keys the
+draft has cached when it drafts its (s+1)-th token at inference (the standard EAGLE-3 TTT mask).
+Query j's step-s target lives at j+s, so a step is trained only where j+s is in the same document.
+
+Counts come out raw (sums and totals); rates and the simulated acceptance length are derived from
+them after summing over batches and ranks (`derive_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from libspec.algorithms.eagle3.model import DocumentSpans, DraftCache, Eagle3Draft
+from libspec.train.packing import PackedBatch
+from libspec.train.teacher import Teacher
+
+LOSSES = ("kl", "tv", "lk")
+TTT_INPUTS = ("data", "draft")
+TTT_WEIGHTINGS = ("uniform", "reach")
+
+
+@dataclass(frozen=True)
+class TTTOptions:
+    """How the draft is trained across its drafted positions."""
+
+    steps: int = 3
+    loss: str = "kl"  # kl: forward KL to the teacher; tv: total variation (1 - acceptance); lk: LK hybrid of both
+    step_decay: float = 1.0  # step s weighs step_decay**s
+    inputs: str = "data"  # tokens fed to steps >= 1: the data's (teacher forcing) or the draft's own argmax
+    weighting: str = "uniform"  # reach: weigh query j at step s by the chance its chain gets there, prod of sum(min(p, q))
+
+
+class Eagle3Objective(nn.Module):
+    """The draft plus its frozen teacher; `forward(batch)` is one training step's loss and counts.
+
+    A module so that DDP/FSDP can wrap the whole TTT unroll as one forward.
+    """
+
+    def __init__(self, draft: Eagle3Draft, teacher: Teacher, draft_to_verifier: torch.Tensor | None, options: TTTOptions):
+        super().__init__()
+        self.draft = draft
+        self.teacher = teacher
+        self.options = options
+        # Verifier ids of the draft vocabulary (None: the full vocabulary, no gather needed).
+        self.register_buffer("draft_to_verifier", draft_to_verifier, persistent=False)
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        options, draft = self.options, self.draft
+        length = batch.num_queries
+        # Which queries each step trains: target j+s supervised and in j's document.
+        trained = [_shift(batch.loss_mask, step)[0] & _same_document_ahead(batch.document_ids, step)[0] for step in range(options.steps)]
+        # The teacher at supervised positions only (targets of trained queries are supervised by definition).
+        targets = batch.loss_mask[0].nonzero().squeeze(1)
+        teacher_logits = self.teacher(batch.last_hidden[0, targets])  # [N, V] float32, no grad
+        teacher_argmax = teacher_logits.max(-1).indices  # the verifier's greedy token, over its full vocabulary
+        if self.draft_to_verifier is not None:
+            teacher_logits = teacher_logits[:, self.draft_to_verifier]
+        teacher = TeacherTargets.from_logits(teacher_logits)
+        target_row = torch.full((length,), -1, dtype=torch.int64, device=targets.device)
+        target_row[targets] = torch.arange(len(targets), device=targets.device)
+        mask = DocumentSpans.from_document_ids(batch.document_ids[0])  # the TTT mask, document by document
+
+        hidden = draft.project(batch.aux_hidden)
+        tokens = batch.tokens
+        cache = DraftCache.empty(len(draft.layers))
+        chain_alive = batch.loss_mask[0].clone()  # drafts start only at supervised tokens, as at inference
+        reach = torch.ones(length, device=hidden.device)  # chance the draft's chain from query j gets to this step
+        loss = torch.zeros((), device=hidden.device)
+        counts: dict[str, torch.Tensor] = {}
+        for step in range(options.steps):
+            # Logits are needed where this step trains, and for self-fed steps wherever a later step trains.
+            later = torch.stack(trained[step:]).any(0) if options.inputs == "draft" else trained[step]
+            rows = later.nonzero().squeeze(1)
+            logits, hidden = draft(tokens, hidden, batch.positions + step, mask, cache, logits_at=rows)  # logits [R, D]
+
+            scored = trained[step][rows]  # which of the computed rows this step trains (all, unless self-fed)
+            teacher_rows = target_row[rows[scored] + step]
+            step_logits = logits if options.inputs == "data" else logits[scored]
+            step_teacher = teacher.select(teacher_rows)
+            weight = reach[rows[scored]] if options.weighting == "reach" else 1.0
+            step_loss = (token_loss(step_logits, step_teacher, options.loss) * weight).sum() / max(len(teacher_rows), 1)
+            loss = loss + options.step_decay**step * step_loss
+            if options.weighting == "reach":
+                accept = torch.minimum(step_teacher.probs, F.softmax(step_logits.detach().float(), dim=-1)).sum(-1)
+                reach = torch.zeros_like(reach).index_put_((rows[scored],), reach[rows[scored]] * accept)
+
+            drafted = draft.to_verifier_ids(logits.max(-1).indices)  # [R] verifier ids
+            correct = torch.zeros(length, dtype=torch.bool, device=rows.device)
+            correct[rows[scored]] = drafted[scored] == teacher_argmax[teacher_rows]
+            chain_alive = chain_alive & trained[step]
+            counts.update(_step_counts(step, step_loss, trained[step], correct, chain_alive))
+            chain_alive = chain_alive & correct
+
+            if options.inputs == "draft":
+                tokens = torch.zeros_like(batch.tokens)
+                tokens[0, rows] = drafted
+            else:
+                tokens = _shift(batch.tokens, step + 1)
+        counts["queries"] = torch.tensor(float(length), device=loss.device)
+        return loss, counts
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The teacher's distribution per target row: probabilities and sum(p log p), computed once per batch."""
+
+    probs: torch.Tensor  # [N, D]
+    neg_entropy: torch.Tensor  # [N]
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> "TeacherTargets":
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        probs = log_probs.exp()
+        return cls(probs, (probs * log_probs).sum(-1))
+
+    def select(self, rows: torch.Tensor) -> "TeacherTargets":
+        return TeacherTargets(self.probs[rows], self.neg_entropy[rows])
+
+
+def token_loss(draft_logits: torch.Tensor, teacher: TeacherTargets, kind: str) -> torch.Tensor:
+    """Per-row loss [N] between the draft's distribution q and the teacher's p over the draft vocabulary."""
+    log_q = F.log_softmax(draft_logits.float(), dim=-1)
+    kl = teacher.neg_entropy - (teacher.probs * log_q).sum(-1)  # sum p (log p - log q)
+    if kind == "kl":
+        return kl
+    accept = torch.minimum(teacher.probs, log_q.exp()).sum(-1)  # sum_v min(p, q): the acceptance rate of sampling
+    if kind == "tv":
+        return 1.0 - accept
+    if kind == "lk":  # Samarin et al. 2026: lean on KL while acceptance is low, on TV once it is high
+        weight = torch.exp(-3.0 * accept.detach())
+        return weight * kl + (1.0 - weight) * (1.0 - accept)
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+def _shift(values: torch.Tensor, step: int) -> torch.Tensor:
+    """values[:, j + step] at j (zero past the end): the target side of query j at TTT step `step`."""
+    if step == 0:
+        return values
+    pad = torch.zeros_like(values[:, :step])
+    return torch.cat([values[:, step:], pad], dim=1)
+
+
+def _same_document_ahead(document_ids: torch.Tensor, step: int) -> torch.Tensor:
+    """bool [1, T]: query j + step exists and belongs to query j's document."""
+    ahead = _shift(document_ids + 1, step)  # +1 so that the zero padding never matches
+    return ahead == document_ids + 1
+
+
+def _step_counts(step, step_loss, trained, correct, chain_alive) -> dict[str, torch.Tensor]:
+    trained_count = trained.sum().float()
+    return {
+        f"loss_sum_{step}": step_loss.detach() * trained_count,
+        f"trained_{step}": trained_count,
+        f"correct_{step}": correct.sum().float(),
+        f"chain_total_{step}": chain_alive.sum().float(),
+        f"chain_correct_{step}": (chain_alive & correct).sum().float(),
+    }
+
+
+def derive_metrics(counts: dict[str, float], steps: int, step_decay: float = 1.0) -> dict[str, float]:
+    """Per-step loss, accuracy, conditional accuracy and the simulated acceptance length from raw counts.
+
+    tau_sim = 1 + sum_k prod_{j<=k} cond_acc_j (greedy chain; SpecForge's and NeMo's training proxy).
+    """
+    metrics: dict[str, float] = {}
+    survive, tau = 1.0, 1.0
+    total_loss = 0.0
+    for step in range(steps):
+        trained = counts.get(f"trained_{step}", 0.0)
+        chain_total = counts.get(f"chain_total_{step}", 0.0)
+        metrics[f"loss_{step}"] = counts.get(f"loss_sum_{step}", 0.0) / max(trained, 1.0)
+        metrics[f"acc_{step}"] = counts.get(f"correct_{step}", 0.0) / max(trained, 1.0)
+        metrics[f"cond_acc_{step}"] = counts.get(f"chain_correct_{step}", 0.0) / max(chain_total, 1.0)
+        survive *= metrics[f"cond_acc_{step}"]
+        tau += survive
+        total_loss += step_decay**step * metrics[f"loss_{step}"]
+    metrics["loss"] = total_loss  # what the optimizer sees: the decay-weighted sum over steps
+    metrics["tau_sim"] = tau
+    return metrics

@@ -1,0 +1,1 @@
+"""spec-bench's stage: the decoding engine, measurements, report checks, plots, online mode and server."""

@@ -1,0 +1,206 @@
+"""Tensor shards: safetensors files with the captured hidden states of one record shard.
+
+Layout (SPEC.md, "Tensor shards"): `hidden_states` [tokens, layers, hidden] in the storage dtype,
+`offsets` int64 [records + 1] (record i owns rows offsets[i]:offsets[i+1]), and for fp8 storage
+`hidden_scales` float32 [tokens, layers]. Readers memory-map the file: no copy, no full read.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+
+import torch
+
+from libspec.format.atomic import write_bytes_atomic
+from libspec.format.digest import FileDigest, digest_bytes
+from libspec.errors import SpecError
+from libspec.format.schemas import check_schema
+
+HIDDEN, OFFSETS, SCALES = "hidden_states", "offsets", "hidden_scales"
+SHARD_FORMAT = "spec-tools/hidden-states"
+
+STORAGE_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+}
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "BOOL": torch.bool,
+}
+_FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a storage dtype name from the manifest."""
+    try:
+        return STORAGE_DTYPES[name]
+    except KeyError:
+        raise SpecError(f"unknown storage dtype {name!r}; expected one of {', '.join(STORAGE_DTYPES)}") from None
+
+
+def encode_hidden(hidden: torch.Tensor, dtype_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Convert float hidden states [T, L, H] to the storage dtype; fp8 also returns per-(token, layer) scales.
+
+    fp8 scales are per token and per layer because layer magnitudes differ by orders of
+    magnitude (the final pre-norm stream is much larger than the embeddings).
+    """
+    if dtype_name != "float8_e4m3fn":
+        return hidden.to(storage_dtype(dtype_name)).contiguous(), None
+    hidden = hidden.float()
+    scales = hidden.abs().amax(dim=-1).clamp(min=1e-12) / _FP8_MAX  # [T, L]
+    stored = (hidden / scales.unsqueeze(-1)).to(torch.float8_e4m3fn)
+    return stored.contiguous(), scales.contiguous()
+
+
+def decode_hidden(stored: torch.Tensor, scales: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of encode_hidden: stored [T, L, H] (+ scales [T, L]) to float `dtype`."""
+    if scales is None:
+        return stored.to(dtype)
+    return (stored.float() * scales.unsqueeze(-1)).to(dtype)
+
+
+def write_tensor_shard(
+    path: str | Path,
+    hidden: torch.Tensor,
+    offsets: list[int],
+    layer_ids: list[int],
+    scales: torch.Tensor | None = None,
+) -> FileDigest:
+    """Write one tensor shard atomically; `hidden` is already in the storage dtype."""
+    if hidden.dim() != 3 or offsets[0] != 0 or offsets[-1] != hidden.shape[0]:
+        raise ValueError(f"bad tensor shard: hidden {tuple(hidden.shape)}, offsets {offsets[0]}..{offsets[-1]}")
+    tensors = {HIDDEN: hidden.contiguous(), OFFSETS: torch.tensor(offsets, dtype=torch.int64)}
+    if scales is not None:
+        tensors[SCALES] = scales.to(torch.float32).contiguous()
+    metadata = {
+        "format": SHARD_FORMAT,
+        "format_version": "1",
+        "layer_ids": json.dumps(list(layer_ids)),
+        "num_records": str(len(offsets) - 1),
+    }
+    data = safetensors_bytes(tensors, metadata)
+    write_bytes_atomic(path, data)
+    return digest_bytes(data)
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Serialise tensors in the safetensors format, byte-for-byte reproducibly.
+
+    The safetensors library orders the metadata map differently from run to run, which would
+    make identical data sets differ in their checksums; the format is simple enough to write here.
+    Tensors go in order of decreasing element size so that every one stays aligned.
+    """
+    codes = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name, tensor in sorted(tensors.items(), key=lambda item: (-item[1].element_size(), item[0])):
+        blob = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": codes[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data buffer starts 8-byte aligned
+    return struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs)
+
+
+class TensorShard:
+    """A memory-mapped tensor shard. Tensors are views on the file's pages (copy-on-write)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        header, data_start, self._map = _map_safetensors(self.path)
+        self.metadata = header.pop("__metadata__", None) or {}
+        check_schema("tensor-shard-metadata", self.metadata, f"{self.path}: safetensors metadata")
+        self.layer_ids = json.loads(self.metadata["layer_ids"])
+        self.tensors = {name: _view(self._map, data_start, info, self.path, name) for name, info in header.items()}
+        for name in (HIDDEN, OFFSETS):
+            if name not in self.tensors:
+                raise SpecError(f"{self.path}: tensor {name!r} is missing")
+        self.hidden = self.tensors[HIDDEN]
+        self.offsets = self.tensors[OFFSETS]
+        self.scales = self.tensors.get(SCALES)
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        hidden, offsets = self.hidden, self.offsets
+        if hidden.dim() != 3:
+            raise SpecError(f"{self.path}: {HIDDEN} must be [tokens, layers, hidden], found shape {list(hidden.shape)}")
+        if hidden.dtype not in STORAGE_DTYPES.values():
+            raise SpecError(f"{self.path}: {HIDDEN} has dtype {hidden.dtype}, expected one of {', '.join(STORAGE_DTYPES)}")
+        if hidden.shape[1] != len(self.layer_ids):
+            raise SpecError(f"{self.path}: {HIDDEN} has {hidden.shape[1]} layers, metadata lists {len(self.layer_ids)} layer ids")
+        if offsets.dim() != 1 or offsets.dtype != torch.int64 or len(offsets) != int(self.metadata["num_records"]) + 1:
+            raise SpecError(f"{self.path}: {OFFSETS} must be int64 [num_records + 1]")
+        if offsets[0] != 0 or offsets[-1] != hidden.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
+            raise SpecError(f"{self.path}: {OFFSETS} must rise from 0 to {hidden.shape[0]} (the token count)")
+        fp8 = hidden.dtype == torch.float8_e4m3fn
+        if fp8 and (self.scales is None or tuple(self.scales.shape) != tuple(hidden.shape[:2])):
+            raise SpecError(f"{self.path}: fp8 storage needs {SCALES} float32 [tokens, layers]")
+        if not fp8 and self.scales is not None:
+            raise SpecError(f"{self.path}: {SCALES} is only allowed with float8_e4m3fn storage")
+
+    @property
+    def num_records(self) -> int:
+        return len(self.offsets) - 1
+
+    def record_rows(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stored hidden states [T, L, H] (and fp8 scales [T, L]) of record `index`, as views."""
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        scales = None if self.scales is None else self.scales[start:end]
+        return self.hidden[start:end], scales
+
+
+def _map_safetensors(path: Path) -> tuple[dict, int, mmap.mmap]:
+    """Parse a safetensors header and map the file copy-on-write (torch wants writable buffers)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: tensor shard is missing") from None
+    with handle:
+        size = path.stat().st_size
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise SpecError(f"{path}: too short to be a safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if 8 + header_len > size:
+            raise SpecError(f"{path}: safetensors header says {header_len} bytes but the file has {size} (truncated?)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SpecError(f"{path}: safetensors header is not valid JSON: {error}") from None
+        if not isinstance(header, dict):
+            raise SpecError(f"{path}: safetensors header is not a JSON object")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    data_start = 8 + header_len
+    for name, info in header.items():
+        if name != "__metadata__" and info["data_offsets"][1] + data_start > size:
+            raise SpecError(f"{path}: tensor {name!r} runs past the end of the file (truncated?)")
+    return header, data_start, mapped
+
+
+def _view(mapped: mmap.mmap, data_start: int, info: dict, path: Path, name: str) -> torch.Tensor:
+    """A tensor over the mapped bytes of one safetensors entry, without copying."""
+    dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise SpecError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    begin, end = info["data_offsets"]
+    shape = info["shape"]
+    count = 1
+    for dim in shape:
+        count *= dim
+    if (end - begin) != count * dtype.itemsize:
+        raise SpecError(f"{path}: tensor {name!r} has {end - begin} bytes, shape {shape} needs {count * dtype.itemsize}")
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin)
+    return flat.view(shape)

@@ -1,0 +1,1 @@
+"""spec-push's stage: the model card and the Hub-ready folder or upload."""

@@ -1,0 +1,294 @@
+"""Publishing a speculator: gate the checkpoint and its bench reports, assemble the Hub-ready files
+with their model card, then write them to a folder or upload them to the Hub in one commit.
+
+Only the files a checkpoint consists of are published (config.json, the weights, their index),
+plus the generated README.md and the bench reports under bench/; anything else in the folder
+(optimizer states, logs, an old README) stays home. The plan is computed once, so a dry run shows
+exactly the bytes an upload would send.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import libspec
+from libspec.format import checkpoint as ckpt
+from libspec.format.atomic import atomic_directory
+from libspec.bench.report_check import check_report, identity_evidence
+from libspec.format.digest import digest_bytes, digest_file
+from libspec.errors import SpecError
+from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, is_hub_id, render_card, verifier_name
+from libspec.validate.artifacts import validate
+
+CARD = "README.md"
+BENCH_DIR = "bench"
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What the user asked for; recorded in the card and the commit."""
+
+    repo_id: str
+    revision: str | None = None
+    private: bool = False
+    commit_message: str | None = None
+    license: str | None = None
+    force: bool = False
+
+
+@dataclass
+class Gate:
+    """What the checks found. Problems refuse the push (unless forced); notes only inform."""
+
+    checkpoint_problems: list[str] = field(default_factory=list)
+    report_problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # one line per check that ran, for the card
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.checkpoint_problems + self.report_problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    """One file of the upload: copied from `source`, or generated `content` (the card)."""
+
+    path_in_repo: str
+    num_bytes: int
+    sha256: str
+    source: Path | None = None
+    content: bytes | None = None
+
+
+@dataclass
+class PushPlan:
+    """Everything a push will do, computed before anything is written or sent."""
+
+    checkpoint: Path
+    options: PushOptions
+    gate: Gate
+    items: list[UploadItem]
+    card: str
+    left_out: list[str]  # files of the checkpoint folder that are not published
+
+    @property
+    def allowed(self) -> bool:
+        return self.gate.ok or self.options.force
+
+
+def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], options: PushOptions) -> PushPlan:
+    """Run the gate, list the files and render the card; nothing is written."""
+    checkpoint_dir = Path(checkpoint_dir)
+    gate = Gate()
+    config = _gate_checkpoint(checkpoint_dir, gate)
+    checkpoint_items = [_file_item(path.name, path) for path in ckpt.checkpoint_files(checkpoint_dir)]
+    weights = {item.path_in_repo: item.sha256 for item in checkpoint_items if item.path_in_repo.endswith(".safetensors")}
+    measured, report_items = _gate_reports(bench_paths, checkpoint_dir, config, weights, gate)
+    items = checkpoint_items + report_items
+    card = render_card(
+        CardInputs(
+            repo_id=options.repo_id,
+            config=config,
+            facts=parameter_counts(checkpoint_dir),
+            files=tuple(PublishedFile(i.path_in_repo, i.num_bytes, i.sha256) for i in items),
+            reports=tuple(measured),
+            checks=tuple(gate.checks),
+            tool_version=libspec.__version__,
+            date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+            license=options.license,
+            forced=tuple(gate.problems) if options.force else (),
+        )
+    )
+    card_item = UploadItem(CARD, *_digest_text(card), content=card.encode("utf-8"))
+    published = {item.source.resolve() for item in checkpoint_items}
+    left_out = sorted(str(p.relative_to(checkpoint_dir)) for p in checkpoint_dir.rglob("*") if p.is_file() and p.resolve() not in published)
+    return PushPlan(checkpoint_dir, options, gate, [card_item, *items], card, left_out)
+
+
+def _gate_checkpoint(checkpoint_dir: Path, gate: Gate) -> dict:
+    """spec-validate's checks and the interop gates; returns the config (a folder without one cannot be pushed at all)."""
+    validation = validate(str(checkpoint_dir))
+    if validation.kind != "checkpoint":
+        raise SpecError(f"{checkpoint_dir}: not a speculator checkpoint folder ({'; '.join(validation.problems) or validation.kind})")
+    gate.checkpoint_problems += [f"{checkpoint_dir}: {p}" for p in validation.problems]
+    verdict = "valid" if validation.ok else f"{len(validation.problems)} problem(s)"
+    gate.checks.append(f"spec-validate: {verdict} (config schema and EAGLE-3 rules, every tensor's name, shape and dtype, no NaN/inf, vocabulary map)")
+    interop_problems, interop_checks = interop_gate(checkpoint_dir)
+    gate.checkpoint_problems += interop_problems
+    gate.checks += interop_checks
+    config = ckpt.read_config(checkpoint_dir)
+    if not is_hub_id(verifier_name(config)):
+        gate.notes.append(
+            f"the verifier {verifier_name(config)!r} is not a Hub id: the card names no base_model and gives only the "
+            "explicit `vllm serve VERIFIER --speculative-config ...` form"
+        )
+    return config
+
+
+def parameter_counts(checkpoint_dir: Path) -> dict:
+    """Float parameters of the draft, and how many of them are the token embedding (from the headers only)."""
+    try:
+        headers = ckpt.tensor_headers(checkpoint_dir)
+    except SpecError:
+        return {}  # a broken folder pushed with --force: the card says "unknown"
+    counts = {name: math.prod(shape) for name, (dtype, shape) in headers.items() if dtype.is_floating_point}
+    return {"float_parameters": sum(counts.values()), "embedding_parameters": counts.get("embed_tokens.weight", 0)}
+
+
+def _gate_reports(bench_paths, checkpoint_dir: Path, config: dict, weights: dict, gate: Gate):
+    """Check every bench report; return what the card shows and the report files to publish."""
+    measured, items, taken = [], [], set()
+    for path in map(Path, bench_paths):
+        report, problems = check_report(path, checkpoint_dir, config, weights)
+        gate.report_problems += problems
+        path_in_repo = _unique(f"{BENCH_DIR}/{path.name}", taken)
+        status = "passed" if not problems else f"{len(problems)} problem(s)"
+        evidence = f"; {identity_evidence(report, config)}" if report is not None else ""
+        gate.checks.append(
+            f"`{path_in_repo}`: {status} (schema; every figure recomputed from the raw counts; no sanity flag; "
+            f"raw counts that add up{evidence})"
+        )
+        if report is not None:
+            measured.append(MeasuredReport(path_in_repo, report, tuple(problems)))
+            items.append(_file_item(path_in_repo, path))
+    return measured, items
+
+
+def interop_gate(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
+    """Problems and check lines from the vLLM and upstream speculators gates (spec-validate --vllm
+    --upstream), for every gate installed here; a missing gate is said, not failed, because the
+    gates are an optional 2.5 GB environment (./just gates)."""
+    from libspec.validate.gates import GATES, run_gates, where_gate_runs
+
+    installed = [gate for gate in GATES if where_gate_runs(gate) is not None]
+    names = {"vllm": "vLLM gate", "upstream": "upstream speculators gate"}
+    checks = [f"{names[g]}: not installed here (./just gates), not run" for g in GATES if g not in installed]
+    problems: list[str] = []
+    for report in run_gates([checkpoint_dir], installed) if installed else []:
+        gate = report.kind.removesuffix("-gate")
+        version = report.facts.get("vllm_version") or report.facts.get("speculators_version")
+        label = f"{names.get(gate, report.kind)}{f' ({version})' if version else ''}"
+        if report.ok:
+            checks.append(f"{label}: loads it (config parsing, every parameter loaded, shapes equal)")
+        else:
+            checks.append(f"{label}: {len(report.problems)} problem(s)")
+            problems += [f"{checkpoint_dir}: {report.kind}: {p}" for p in report.problems]
+    return problems, checks
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{stem}-{n}{dot}{suffix}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _file_item(path_in_repo: str, source: Path) -> UploadItem:
+    digest = digest_file(source)
+    return UploadItem(path_in_repo, digest.num_bytes, digest.sha256, source=source)
+
+
+def _digest_text(text: str) -> tuple[int, str]:
+    digest = digest_bytes(text.encode("utf-8"))
+    return digest.num_bytes, digest.sha256
+
+
+def _refuse_unless_allowed(plan: PushPlan) -> None:
+    if not plan.allowed:
+        raise SpecError(f"{plan.checkpoint}: refusing to publish: {len(plan.gate.problems)} problem(s), first: {plan.gate.problems[0]}")
+
+
+# ---- writing the Hub-ready folder -----------------------------------------------------------
+
+
+def write_folder(plan: PushPlan, directory: str | Path) -> Path:
+    """Write the planned files to `directory` as one atomic folder replacement; it must validate."""
+    _refuse_unless_allowed(plan)
+    directory = Path(directory)
+    if directory.resolve() == plan.checkpoint.resolve():
+        raise SpecError(f"{directory}: --to-dir must differ from the checkpoint folder")
+    if directory.exists() and not ckpt.is_checkpoint(directory) and (not directory.is_dir() or any(directory.iterdir())):
+        raise SpecError(f"{directory}: exists and is not a checkpoint folder; refusing to replace it")
+    with atomic_directory(directory) as staging:
+        for item in plan.items:
+            _write_item(item, staging / item.path_in_repo)
+        written = validate(str(staging))
+        if not written.ok and not plan.options.force:
+            raise SpecError(f"{directory}: the written folder does not validate: {written.problems[0]}")
+    return directory
+
+
+def _write_item(item: UploadItem, target: Path) -> None:
+    """Copy or write one file, fsync it, and check it holds exactly the planned bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        if item.content is not None:
+            out.write(item.content)
+        else:
+            with open(item.source, "rb") as source:
+                while chunk := source.read(1 << 22):
+                    out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    found = digest_file(target)
+    if (found.num_bytes, found.sha256) != (item.num_bytes, item.sha256):
+        raise SpecError(f"{item.source or item.path_in_repo}: changed while being published (sha256 differs from the plan)")
+
+
+# ---- uploading ------------------------------------------------------------------------------
+
+
+def upload(plan: PushPlan, endpoint: str | None = None, token: str | None = None) -> str:
+    """Create the repository if needed and commit every planned file at once; returns the commit URL.
+
+    The token comes from `token`, else huggingface_hub's own lookup (HF_TOKEN, then the saved login).
+    It is sent only in the Authorization header and removed from any error message.
+    """
+    _refuse_unless_allowed(plan)
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise SpecError("HF_HUB_OFFLINE is set: cannot upload (unset it, or use --dry-run / --to-dir)")
+    token = token or get_token()
+    if not token:
+        raise SpecError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
+    options = plan.options
+    api = HfApi(endpoint=endpoint, token=token)
+    operations = [CommitOperationAdd(i.path_in_repo, str(i.source) if i.source else i.content) for i in plan.items]
+    try:
+        api.create_repo(options.repo_id, private=True if options.private else None, exist_ok=True)
+        if options.private and not api.model_info(options.repo_id).private:
+            raise SpecError(f"{options.repo_id}: exists and is public; --private cannot change that, so nothing was uploaded")
+        if options.revision and options.revision != "main":
+            api.create_branch(options.repo_id, branch=options.revision, exist_ok=True)
+        commit = api.create_commit(
+            options.repo_id,
+            operations,
+            commit_message=options.commit_message or f"Upload speculator with spec-push {libspec.__version__}",
+            commit_description="\n".join(plan.gate.checks),
+            revision=options.revision,
+        )
+    except SpecError:
+        raise
+    except Exception as error:  # the Hub client raises many types (HTTP, OS, value errors); all mean "not uploaded"
+        raise SpecError(f"upload to {api.endpoint}/{options.repo_id} failed: {_one_line(error, token)}") from None
+    return commit.commit_url
+
+
+def _one_line(error: Exception, token: str, limit: int = 400) -> str:
+    """The client's (often multi-line) error as one line, with the token masked should it ever appear."""
+    text = " ".join(line.strip() for line in str(error).replace(token, "***").splitlines() if line.strip())
+    text = text or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
