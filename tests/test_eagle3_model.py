@@ -11,7 +11,8 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 from conftest import TINY_LLAMA
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
-from libspec.algorithms.eagle3.model import DraftCache, Eagle3Draft, causal_mask
+from libspec.algorithms.eagle3.model import Eagle3Draft
+from libspec.algorithms.layers import DraftCache, causal_mask
 from libspec.validate.artifacts import validate
 
 

@@ -9,7 +9,8 @@ import torch
 
 from conftest import TINY_LLAMA
 from libspec.algorithms.eagle3 import config as eagle3
-from libspec.algorithms.eagle3.model import DocumentSpans, DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3.model import Eagle3Draft
+from libspec.algorithms.layers import DocumentSpans, DraftCache
 from libspec.algorithms.eagle3.train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
 from libspec.train.packing import build_batch
 from libspec.train.teacher import Teacher, find_final_norm

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.dflash.model import DFlashDraft
-from libspec.algorithms.eagle3.model import DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3.model import Eagle3Draft
+from libspec.algorithms.layers import DraftCache
 from libspec.algorithms.eagle.model import EagleDraft
 from libspec.convert.common import Conversion, Verifier, verifier_tensor
 

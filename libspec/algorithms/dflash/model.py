@@ -19,7 +19,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.dflash import config as dflash
-from libspec.algorithms.eagle3.model import MLP, RMSNorm, rotate_half
+from libspec.algorithms.layers import MLP, DraftTensors, RMSNorm, rotate_half
 
 
 class DFlashAttention(nn.Module):
@@ -72,7 +72,7 @@ class DFlashLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DFlashDraft(nn.Module):
+class DFlashDraft(DraftTensors, nn.Module):
     """A DFlash draft built from a speculators `dflash` config.json (see the module docstring)."""
 
     def __init__(self, config: dict):
@@ -93,11 +93,7 @@ class DFlashDraft(nn.Module):
         rope = LlamaConfig(**{k: v for k, v in layer.items() if k != "model_type"})
         rope.head_dim = dflash.head_dim(layer)
         self.rotary = LlamaRotaryEmbedding(rope)
-        if self.draft_vocab_size != vocab:
-            self.register_buffer("d2t", torch.zeros(self.draft_vocab_size, dtype=torch.int64))
-            self.register_buffer("t2d", torch.zeros(vocab, dtype=torch.bool))
-        else:
-            self.d2t = self.t2d = None
+        self.register_vocab_map(self.draft_vocab_size, vocab)
 
     def forward(
         self,
@@ -115,23 +111,9 @@ class DFlashDraft(nn.Module):
             x = layer(x, context, rope_block, rope_context, self.causal)
         return self.lm_head(self.norm(x))
 
-    def to_verifier_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        """Map draft-vocabulary ids to verifier ids (target = draft + d2t[draft])."""
-        return draft_ids if self.d2t is None else draft_ids + self.d2t[draft_ids]
-
-    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors of a checkpoint: the state dict minus the rotary tables."""
-        return {name: t for name, t in self.state_dict().items() if not name.startswith("rotary.")}
-
-    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load checkpoint tensors; absent embed_tokens/lm_head keep the current (verifier's) ones."""
-        expected = self.checkpoint_tensors()
-        optional = {"embed_tokens.weight"} | ({"lm_head.weight"} if self.d2t is None else set())
-        missing = set(expected) - set(tensors) - optional
-        unexpected = set(tensors) - set(expected)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        self.load_state_dict(tensors, strict=False)
+    def optional_checkpoint_tensors(self) -> set[str]:
+        """Also lm_head with the full vocabulary: vLLM then shares the verifier's."""
+        return {"embed_tokens.weight"} | ({"lm_head.weight"} if self.d2t is None else set())
 
 
 class DFlashProposer:

@@ -17,7 +17,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.eagle import config as eagle
-from libspec.algorithms.eagle3.model import MLP, Attention, CheckpointTensors, DraftCache, RMSNorm, causal_mask
+from libspec.algorithms.layers import MLP, Attention, DraftCache, DraftTensors, RMSNorm, causal_mask
 
 
 class _Attention(Attention):
@@ -45,7 +45,7 @@ class EagleLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-class EagleDraft(CheckpointTensors, nn.Module):
+class EagleDraft(DraftTensors, nn.Module):
     """An EAGLE-1 draft built from its config.json (see the module docstring)."""
 
     def __init__(self, config: dict):

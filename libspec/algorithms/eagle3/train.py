@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libspec.algorithms.eagle3.model import DocumentSpans, DraftCache, Eagle3Draft
+from libspec.algorithms.eagle3.model import Eagle3Draft
+from libspec.algorithms.layers import DocumentSpans, DraftCache
 from libspec.train.packing import PackedBatch
 from libspec.train.teacher import Teacher
 
