@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_LLAMA
 from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
 from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
-from libspec.train.loop import TrainConfig, build_draft, prepare, train
+from libspec.train.config import TrainConfig
+from libspec.train.loop import build_draft, prepare, train
 from verifier_data import greedy_records, load_verifier, make_dataset, make_verifier
 
 WIDER = {**TINY_LLAMA, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}

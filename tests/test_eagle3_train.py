@@ -11,7 +11,7 @@ from conftest import TINY_LLAMA
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.layers import DocumentSpans, DraftCache
-from libspec.algorithms.eagle3.train import Eagle3Objective, TeacherTargets, TTTOptions, derive_metrics, token_loss
+from libspec.algorithms.eagle3.train import Eagle3Objective, TeacherTargets, Eagle3TrainOptions, derive_metrics, token_loss
 from libspec.train.packing import build_batch
 from libspec.train.teacher import Teacher, find_final_norm
 from torch import nn
@@ -65,7 +65,7 @@ def test_ttt_step_equals_drafting_with_a_cache(changes):
     draft, steps = random_draft(**changes), 3
     samples = documents([7, 9])
     batch = build_batch(samples, [0, 1], 2, max_queries=64)
-    objective = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=steps))
+    objective = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=steps))
     calls, handle = record_draft_calls(draft)
     with torch.no_grad():
         objective(batch)
@@ -94,7 +94,7 @@ def test_ttt_step_equals_drafting_with_a_cache(changes):
 def test_self_fed_steps_read_the_drafts_own_tokens():
     draft = random_draft()
     batch = build_batch(documents([10]), [0, 1], 2, max_queries=64)
-    objective = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3, inputs="draft"))
+    objective = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=3, ttt_inputs="draft"))
     calls, handle = record_draft_calls(draft)
     with torch.no_grad():
         objective(batch)
@@ -110,7 +110,7 @@ def test_steps_never_train_across_documents():
     draft = random_draft()
     samples = documents([5, 6])
     batch = build_batch(samples, [0, 1], 2, max_queries=64)
-    _, counts = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3))(batch)
+    _, counts = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=3))(batch)
     # 4 + 5 queries; step s trains the queries with s queries of their own document ahead
     assert [counts[f"trained_{s}"].item() for s in range(3)] == [9, 7, 5]
 
@@ -120,7 +120,7 @@ def test_loss_mask_selects_trained_queries_and_chain_starts():
     ((record, hidden),) = documents([8])
     record["loss_mask"] = [0, 0, 0, 1, 1, 1, 1, 1]
     batch = build_batch([(record, hidden)], [0, 1], 2, max_queries=64)
-    _, counts = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=2))(batch)
+    _, counts = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=2))(batch)
     assert counts["trained_0"].item() == 5  # queries whose next token is supervised: tokens 3..7
     assert counts["trained_1"].item() == 5  # tokens 3..7 again, reached one step later from queries 1..5
     assert counts["chain_total_0"].item() == 5
@@ -138,7 +138,7 @@ def test_reduced_vocabulary_scores_the_verifiers_full_argmax():
         teacher.lm_head.bias.zero_()
         teacher.lm_head.bias[1::2] = 100.0  # the verifier prefers odd ids, which the draft cannot produce
     batch = build_batch(documents([12]), [0, 1], 2, max_queries=64)
-    loss, counts = Eagle3Objective(draft, teacher, chosen, TTTOptions(steps=2))(batch)
+    loss, counts = Eagle3Objective(draft, teacher, chosen, Eagle3TrainOptions(ttt_steps=2))(batch)
     assert torch.isfinite(loss)
     assert counts["correct_0"].item() == 0
 
@@ -187,7 +187,7 @@ def test_gradients_reach_only_trainable_weights():
     draft.embed_tokens.weight.requires_grad_(False)
     draft.lm_head.weight.requires_grad_(False)
     batch = build_batch(documents([9, 7]), [0, 1], 2, max_queries=64)
-    loss, _ = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3))(batch)
+    loss, _ = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=3))(batch)
     loss.backward()
     assert draft.fc.weight.grad is not None and draft.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert draft.embed_tokens.weight.grad is None and draft.lm_head.weight.grad is None
@@ -219,7 +219,7 @@ def test_document_spans_attend_like_the_dense_ttt_mask():
 def test_reach_weighting_leaves_step_0_and_shrinks_later_steps():
     draft = random_draft()
     batch = build_batch(documents([12, 9]), [0, 1], 2, max_queries=64)
-    uniform = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3))(batch)[1]
-    reach = Eagle3Objective(draft, random_teacher(), None, TTTOptions(steps=3, weighting="reach"))(batch)[1]
+    uniform = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=3))(batch)[1]
+    reach = Eagle3Objective(draft, random_teacher(), None, Eagle3TrainOptions(ttt_steps=3, ttt_weighting="reach"))(batch)[1]
     assert torch.isclose(reach["loss_sum_0"], uniform["loss_sum_0"])
     assert reach["loss_sum_1"] < uniform["loss_sum_1"] and reach["loss_sum_2"] < reach["loss_sum_1"]

@@ -20,7 +20,8 @@ from libspec.format import checkpoint as ckpt
 from libspec.format.sample_io import open_data
 from libspec.errors import SpecError
 from libspec.format.stream import StreamWriter
-from libspec.train.loop import TrainConfig, train
+from libspec.train.config import TrainConfig
+from libspec.train.loop import train
 from libspec.validate.artifacts import validate
 from verifier_data import make_dataset, make_verifier, pattern_records
 
@@ -41,7 +42,7 @@ def config(setup, out, **changes) -> TrainConfig:
     values = {"data": str(data), "verifier": str(verifier), "output": str(out), "tokens_per_batch": 128,
               "epochs": 2, "lr": 3e-3, "save_dtype": "float32"}  # fmt: skip
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 def cli(*args, env_extra=None, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 import libspec
 from libspec.errors import SpecError
+from libspec.options import flag, option_fields
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -53,6 +54,47 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> Parse
     parser.add_argument("--version", action="version", version=f"{prog} {libspec.__version__}")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
     return parser
+
+
+def add_options(group, options_class) -> None:
+    """Command-line options for every field of an options dataclass (libspec/options.py): the
+    field's name as --flag, its default, help, choices and bounds; booleans get --x/--no-x."""
+    for field in option_fields(options_class):
+        meta, default = field.metadata, field.default
+        shown = "on" if default is True else "off" if default is False else default
+        text = meta["help"] if default is None else f"{meta['help']} (default {shown})"
+        kwargs = {"default": default, "help": text.replace("%", "%%"), "dest": field.name}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        if meta["metavar"] is not None:
+            kwargs["metavar"] = meta["metavar"]
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _value_type(str(field.type))
+        group.add_argument(flag(field.name), **kwargs)
+
+
+def options_from_args(options_class, args: argparse.Namespace, **given):
+    """An options object from parsed arguments (its fields), plus fields given directly."""
+    values = {f.name: getattr(args, f.name) for f in option_fields(options_class)}
+    return options_class(**values, **given)
+
+
+def _value_type(annotation: str):
+    if annotation.startswith("tuple[int"):
+        return _int_tuple
+    for name, kind in (("int", int), ("float", float)):
+        if annotation == name or annotation.startswith(f"{name} |"):
+            return kind
+    return str
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def print_json(document) -> None:

@@ -94,11 +94,12 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from libspec.train.loop import TrainConfig, train
+    from libspec.train.config import TrainConfig
+    from libspec.train.loop import train
 
     options = json.loads(args.options)
-    config = TrainConfig(data=args.data, verifier=args.verifier, output=args.output, max_steps=args.steps, epochs=10_000,
-                         save_dtype="float32", **options)  # fmt: skip
+    config = TrainConfig.from_dict({"data": args.data, "verifier": args.verifier, "output": args.output, "max_steps": args.steps,
+                                    "epochs": 10_000, "save_dtype": "float32", **options})  # fmt: skip
     result = train(config)
     steps = [json.loads(line) for line in (Path(args.output) / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if s["kind"] == "train"]
@@ -269,7 +270,8 @@ def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args)
     from transformers import AutoTokenizer
 
     from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
-    from libspec.train.loop import TrainConfig, build_draft, prepare
+    from libspec.train.config import TrainConfig
+    from libspec.train.loop import build_draft, prepare
 
     from libspec.models import load_causal_lm
     from libspec.bench.prompts import encode_prompt
@@ -279,8 +281,8 @@ def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args)
     prompt_sets = {kind: [encode_prompt(tokenizer, item).tolist() for item in held_out_prompts(kind, args.prompts, args.seed)]
                    for kind in ("chat", "code")}  # fmt: skip
     eos = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
-    run = prepare(TrainConfig(data=str(data), verifier=str(verifier_dir), output=str(Path(args.work or CACHE) / "unused"),
-                              ttt_steps=args.k, seed=args.seed))  # fmt: skip
+    run = prepare(TrainConfig.from_dict({"data": str(data), "verifier": str(verifier_dir), "output": str(Path(args.work or CACHE) / "unused"),
+                                         "ttt_steps": args.k, "seed": args.seed}))  # fmt: skip
     drafts = [({"name": "untrained draft"}, Eagle3Proposer(build_draft(run), run.aux_layer_ids))]
     drafts += [(result, load_proposer(result["checkpoint"], model)) for result in results]
     rows = []

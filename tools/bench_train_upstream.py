@@ -50,11 +50,12 @@ def main() -> None:
     from speculators.train.cli import create_transformer_layer_config
     from transformers import get_linear_schedule_with_warmup
 
-    from libspec.train.loop import TrainConfig, prepare
+    from libspec.train.config import TrainConfig
+    from libspec.train.loop import prepare
     from tools.bench_train import planned_batches
 
-    ours = TrainConfig(data=args.data, verifier=args.verifier, output=args.output, tokens_per_batch=args.tokens_per_batch,
-                       ttt_steps=args.ttt_steps, seed=args.seed, max_steps=args.steps)  # fmt: skip
+    ours = TrainConfig.from_dict({"data": args.data, "verifier": args.verifier, "output": args.output, "tokens_per_batch": args.tokens_per_batch,
+                                  "ttt_steps": args.ttt_steps, "seed": args.seed, "max_steps": args.steps})  # fmt: skip
     run = prepare(ours)  # the same checks, split, layers and vocabulary as spec-train
     # The draft decoder config exactly as upstream's train CLI builds it (1 llama layer, sliding window 2048).
     layer_config = create_transformer_layer_config(args.verifier, num_layers=1, draft_arch="llama", hidden_act=None,

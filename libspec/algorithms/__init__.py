@@ -1,19 +1,25 @@
-"""Draft algorithms. Each is one module with the same entry points; this dict is the registry.
+"""Draft algorithms: one package each, listed in `ALGORITHMS` (the registry). Adding an algorithm
+means adding its package and one line here.
 
-Entry points every algorithm module provides (SPEC.md, "Speculator checkpoints"):
-  config_problems(config) -> list[str]          what is wrong with a checkpoint config.json
-  expected_tensors(config) -> {name: (shape, dtype)}   the weights the config implies
-  verifier_problems(config, verifier_config) -> list[str]   where it does not fit a verifier
-  checkpoint_facts(config) -> dict              what spec-validate reports about it
+What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
+  ALGORITHM                                      its `speculators_model_type` (or "eagle")
+  config_problems(config) -> list[str]           what is wrong with a checkpoint config.json
+  expected_tensors(config) -> {name: TensorSpec} the weights the config implies
+  verifier_problems(config, verifier_config)     where it does not fit a verifier
+  checkpoint_facts(config) -> dict               what spec-validate reports about it
+  load_proposer(checkpoint_dir, verifier_model, dtype)   a drafter for the decoding engine
+  training                                       its training module, or None if spec-train cannot train it:
+      Options (an options dataclass, see libspec/options.py), draft_config, build_draft,
+      build_objective (a module whose forward(batch) is one step's loss and counts),
+      step_metrics, complete_counts, fsdp_units
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from libspec.algorithms.dflash import config as dflash
-from libspec.algorithms.eagle import config as eagle
-from libspec.algorithms.eagle3 import config as eagle3
+from libspec.algorithms import dflash, eagle, eagle3
+from libspec.errors import SpecError
 
 ALGORITHMS: dict[str, ModuleType] = {
     "eagle3": eagle3,
@@ -23,34 +29,37 @@ ALGORITHMS: dict[str, ModuleType] = {
 
 
 def algorithm_for(model_type: str) -> ModuleType | None:
-    """The module implementing `speculators_model_type`, or None if we do not know it."""
+    """The package implementing `speculators_model_type`, or None if we do not know it."""
     return ALGORITHMS.get(model_type)
 
 
 def algorithm_name(config: dict) -> str | None:
     """Which algorithm a checkpoint config.json is for: its speculators type, or "eagle" for an
     EAGLE-1 folder (which has no speculators_config; spec_tools.algorithm names it)."""
-    if eagle.is_eagle_config(config):
+    if eagle.config.is_eagle_config(config):
         return eagle.ALGORITHM
     return config.get("speculators_model_type")
+
+
+def trainable_algorithms() -> tuple[str, ...]:
+    """The algorithms spec-train can train."""
+    return tuple(name for name, package in ALGORITHMS.items() if package.training is not None)
+
+
+def training_for(name: str) -> ModuleType:
+    """The training module of algorithm `name`, or a one-line error naming those that have one."""
+    package = ALGORITHMS.get(name)
+    if package is None or package.training is None:
+        raise SpecError(f"--algorithm {name!r}: expected one of {', '.join(trainable_algorithms())}")
+    return package.training
 
 
 def load_proposer(checkpoint_dir, verifier_model, dtype=None):
     """A decoding proposer (libspec.bench.decoding.Proposer) for any checkpoint we can run."""
     from libspec.format import checkpoint as ckpt
-    from libspec.errors import SpecError
 
     model_type = algorithm_name(ckpt.read_config(checkpoint_dir))
-    if model_type == "eagle3":
-        from libspec.algorithms.eagle3.model import load_proposer as load_eagle3
-
-        return load_eagle3(checkpoint_dir, verifier_model, dtype)
-    if model_type == "eagle":
-        from libspec.algorithms.eagle.model import load_proposer as load_eagle
-
-        return load_eagle(checkpoint_dir, verifier_model, dtype)
-    if model_type == "dflash":
-        from libspec.algorithms.dflash.model import load_proposer as load_dflash
-
-        return load_dflash(checkpoint_dir, verifier_model, dtype)
-    raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: eagle3, eagle, dflash)")
+    package = ALGORITHMS.get(model_type)
+    if package is None:
+        raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: {', '.join(ALGORITHMS)})")
+    return package.load_proposer(checkpoint_dir, verifier_model, dtype)

@@ -17,6 +17,17 @@ import torch
 from libspec.errors import SpecError
 
 
+SMALL_VOCAB = 32768  # up to this size the draft predicts over the full vocabulary by default
+REDUCED_DRAFT_VOCAB = 32000  # EAGLE-3's usual draft vocabulary above it
+
+
+def choose_draft_vocab_size(requested: int | None, vocab_size: int) -> int | None:
+    """The draft vocabulary to build: as requested, else the full one up to 32k tokens, else 32000."""
+    if requested is None and vocab_size > SMALL_VOCAB:
+        return REDUCED_DRAFT_VOCAB
+    return requested
+
+
 @dataclass(frozen=True)
 class VocabMap:
     """The verifier ids of the draft vocabulary, ascending; `None` maps mean the full vocabulary."""

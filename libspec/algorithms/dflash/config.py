@@ -175,18 +175,9 @@ def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
 
 
 def checkpoint_facts(config: dict) -> dict:
-    """What spec-validate reports about a DFlash checkpoint."""
-    tl = config["transformer_layer_config"]
-    return {
-        "algorithm": ALGORITHM,
-        "verifier": config["speculators_config"]["verifier"]["name_or_path"],
-        "draft_layers": tl["num_hidden_layers"],
-        "layer_style": tl["model_type"],
-        "hidden_size": tl["hidden_size"],
-        "vocab_size": tl["vocab_size"],
-        "draft_vocab_size": config.get("draft_vocab_size"),
-        "aux_layer_ids": config.get("aux_hidden_state_layer_ids"),
-        "block_size": config.get("block_size"),
-        "mask_token_id": config.get("mask_token_id"),
-        "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
-    }
+    """What spec-validate reports about a DFlash checkpoint: EAGLE-3's facts plus the block's."""
+    facts = eagle3.checkpoint_facts(config, aux_key="aux_hidden_state_layer_ids")
+    facts["algorithm"] = ALGORITHM
+    speculative_tokens = facts.pop("speculative_tokens")
+    facts.update(block_size=config.get("block_size"), mask_token_id=config.get("mask_token_id"), speculative_tokens=speculative_tokens)
+    return facts

@@ -1,1 +1,11 @@
-"""EAGLE-3: checkpoint config, draft model, training objective."""
+"""EAGLE-3: the checkpoint config (config.py), the draft model (model.py), its training step (train.py).
+
+This package is the algorithm's plug-in: the names below are what libspec.algorithms' registry
+promises for every algorithm (see libspec/algorithms/__init__.py).
+"""
+
+from libspec.algorithms.eagle3 import train as training
+from libspec.algorithms.eagle3.config import ALGORITHM, checkpoint_facts, config_problems, expected_tensors, verifier_problems
+from libspec.algorithms.eagle3.model import load_proposer
+
+__all__ = ["ALGORITHM", "checkpoint_facts", "config_problems", "expected_tensors", "load_proposer", "training", "verifier_problems"]

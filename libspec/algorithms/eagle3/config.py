@@ -273,8 +273,8 @@ def verifier_problems(config: dict, verifier_config: dict, aux_key: str = "eagle
     return problems
 
 
-def checkpoint_facts(config: dict) -> dict:
-    """What spec-validate reports about an EAGLE-3 checkpoint."""
+def checkpoint_facts(config: dict, aux_key: str = "eagle_aux_hidden_state_layer_ids") -> dict:
+    """What spec-validate reports about an EAGLE-3 checkpoint (and, by `aux_key`, a DFlash one)."""
     tl = config["transformer_layer_config"]
     return {
         "algorithm": ALGORITHM,
@@ -284,6 +284,6 @@ def checkpoint_facts(config: dict) -> dict:
         "hidden_size": tl["hidden_size"],
         "vocab_size": tl["vocab_size"],
         "draft_vocab_size": config.get("draft_vocab_size"),
-        "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
+        "aux_layer_ids": config.get(aux_key),
         "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
     }

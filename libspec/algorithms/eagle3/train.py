@@ -22,10 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, default_aux_layer_ids, make_config
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.layers import DocumentSpans, DraftCache
+from libspec.errors import SpecError
+from libspec.options import check_options, option
 from libspec.train.packing import PackedBatch
-from libspec.train.teacher import Teacher
+from libspec.train.teacher import Teacher, VerifierHead
+from libspec.train.vocab_map import VocabMap
 
 LOSSES = ("kl", "tv", "lk")
 TTT_INPUTS = ("data", "draft")
@@ -33,14 +37,38 @@ TTT_WEIGHTINGS = ("uniform", "reach")
 
 
 @dataclass(frozen=True)
-class TTTOptions:
-    """How the draft is trained across its drafted positions."""
+class Eagle3TrainOptions:
+    """What shapes an EAGLE-3 draft and how it is trained across its drafted positions.
 
-    steps: int = 3
-    loss: str = "kl"  # kl: forward KL to the teacher; tv: total variation (1 - acceptance); lk: LK hybrid of both
-    step_decay: float = 1.0  # step s weighs step_decay**s
-    inputs: str = "data"  # tokens fed to steps >= 1: the data's (teacher forcing) or the draft's own argmax
-    weighting: str = "uniform"  # reach: weigh query j at step s by the chance its chain gets there, prod of sum(min(p, q))
+    spec-train's options for this algorithm are these fields (defaults and choices live here only).
+    """
+
+    num_layers: int = option(1, "decoder layers", minimum=1, metavar="N")
+    layer_style: str = option("llama", "decoder layer type vLLM builds", choices=tuple(VLLM_ARCHITECTURES))
+    norm_before_residual: bool = option(True, "layer 0 takes its residual after hidden_norm")
+    norm_before_fc: bool = option(False, "one RMSNorm over the concatenated aux states (gpt-oss style)")
+    fc_norm: bool = option(False, "an RMSNorm per aux layer before fc (EAGLE 3.1)")
+    norm_output: bool = option(False, "feed the post-norm state back across steps (EAGLE 3.1)")
+    ttt_steps: int = option(3, "drafted positions trained per query; also the checkpoint's speculative_tokens", minimum=1, metavar="K")
+    loss: str = option("kl", "kl: forward KL to the verifier; tv: total variation; lk: LK hybrid", choices=LOSSES)
+    step_decay: float = option(1.0, "TTT step s weighs G**s", metavar="G")
+    ttt_inputs: str = option("data", "tokens fed to later steps: the data's or the draft's own argmax", choices=TTT_INPUTS)
+    ttt_weighting: str = option("uniform", "reach: weigh each later step by the chance the draft's chain gets there", choices=TTT_WEIGHTINGS)
+
+    def check(self) -> None:
+        """Refuse values that cannot work together (single values are checked against their fields)."""
+        check_options(self)
+        if self.norm_before_fc and self.fc_norm:
+            raise SpecError("--norm-before-fc and --fc-norm are mutually exclusive")
+
+    def draft_shape(self, aux_layer_ids: list[int], draft_vocab_size: int) -> Eagle3Options:
+        """The draft's config.json choices: these options plus what the data decided (layers, vocabulary)."""
+        return Eagle3Options(
+            aux_layer_ids=tuple(aux_layer_ids), num_layers=self.num_layers, layer_style=self.layer_style,
+            draft_vocab_size=draft_vocab_size, norm_before_residual=self.norm_before_residual,
+            norm_before_fc=self.norm_before_fc, fc_norm=self.fc_norm, norm_output=self.norm_output,
+            speculative_tokens=self.ttt_steps,
+        )  # fmt: skip
 
 
 class Eagle3Objective(nn.Module):
@@ -49,7 +77,7 @@ class Eagle3Objective(nn.Module):
     A module so that DDP/FSDP can wrap the whole TTT unroll as one forward.
     """
 
-    def __init__(self, draft: Eagle3Draft, teacher: Teacher, draft_to_verifier: torch.Tensor | None, options: TTTOptions):
+    def __init__(self, draft: Eagle3Draft, teacher: Teacher, draft_to_verifier: torch.Tensor | None, options: Eagle3TrainOptions):
         super().__init__()
         self.draft = draft
         self.teacher = teacher
@@ -61,7 +89,7 @@ class Eagle3Objective(nn.Module):
         options, draft = self.options, self.draft
         length = batch.num_queries
         # Which queries each step trains: target j+s supervised and in j's document.
-        trained = [_shift(batch.loss_mask, step)[0] & _same_document_ahead(batch.document_ids, step)[0] for step in range(options.steps)]
+        trained = [_shift(batch.loss_mask, step)[0] & _same_document_ahead(batch.document_ids, step)[0] for step in range(options.ttt_steps)]
         # The teacher at supervised positions only (targets of trained queries are supervised by definition).
         targets = batch.loss_mask[0].nonzero().squeeze(1)
         teacher_logits = self.teacher(batch.last_hidden[0, targets])  # [N, V] float32, no grad
@@ -80,20 +108,20 @@ class Eagle3Objective(nn.Module):
         reach = torch.ones(length, device=hidden.device)  # chance the draft's chain from query j gets to this step
         loss = torch.zeros((), device=hidden.device)
         counts: dict[str, torch.Tensor] = {}
-        for step in range(options.steps):
+        for step in range(options.ttt_steps):
             # Logits are needed where this step trains, and for self-fed steps wherever a later step trains.
-            later = torch.stack(trained[step:]).any(0) if options.inputs == "draft" else trained[step]
+            later = torch.stack(trained[step:]).any(0) if options.ttt_inputs == "draft" else trained[step]
             rows = later.nonzero().squeeze(1)
             logits, hidden = draft(tokens, hidden, batch.positions + step, mask, cache, logits_at=rows)  # logits [R, D]
 
             scored = trained[step][rows]  # which of the computed rows this step trains (all, unless self-fed)
             teacher_rows = target_row[rows[scored] + step]
-            step_logits = logits if options.inputs == "data" else logits[scored]
+            step_logits = logits if options.ttt_inputs == "data" else logits[scored]
             step_teacher = teacher.select(teacher_rows)
-            weight = reach[rows[scored]] if options.weighting == "reach" else 1.0
+            weight = reach[rows[scored]] if options.ttt_weighting == "reach" else 1.0
             step_loss = (token_loss(step_logits, step_teacher, options.loss) * weight).sum() / max(len(teacher_rows), 1)
             loss = loss + options.step_decay**step * step_loss
-            if options.weighting == "reach":
+            if options.ttt_weighting == "reach":
                 accept = torch.minimum(step_teacher.probs, F.softmax(step_logits.detach().float(), dim=-1)).sum(-1)
                 reach = torch.zeros_like(reach).index_put_((rows[scored],), reach[rows[scored]] * accept)
 
@@ -104,7 +132,7 @@ class Eagle3Objective(nn.Module):
             counts.update(_step_counts(step, step_loss, trained[step], correct, chain_alive))
             chain_alive = chain_alive & correct
 
-            if options.inputs == "draft":
+            if options.ttt_inputs == "draft":
                 tokens = torch.zeros_like(batch.tokens)
                 tokens[0, rows] = drafted
             else:
@@ -190,3 +218,67 @@ def derive_metrics(counts: dict[str, float], steps: int, step_decay: float = 1.0
     metrics["loss"] = total_loss  # what the optimizer sees: the decay-weighted sum over steps
     metrics["tau_sim"] = tau
     return metrics
+
+
+# ---- the entry points spec-train calls (libspec/train/loop.py, through libspec.algorithms) ----
+
+Options = Eagle3TrainOptions
+__all__ = ["Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
+
+
+def draft_config(options: Eagle3TrainOptions, verifier_config: dict, verifier_name: str, aux_layer_ids: list[int],
+                 draft_vocab_size: int, save_dtype: str, spec_tools: dict) -> dict:  # fmt: skip
+    """The checkpoint config.json of the draft these options describe."""
+    return make_config(verifier_config, verifier_name, options.draft_shape(aux_layer_ids, draft_vocab_size), save_dtype, spec_tools)
+
+
+def build_draft(config: dict, head: VerifierHead, vocab: VocabMap, seed: int) -> Eagle3Draft:
+    """A freshly initialised draft: seeded init, embedding and lm_head rows from the verifier, both frozen."""
+    torch.manual_seed(seed)
+    draft = Eagle3Draft(config)
+    std = config["transformer_layer_config"].get("initializer_range", 0.02)
+    with torch.no_grad():
+        for module in draft.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+        draft.embed_tokens.weight.copy_(head.embed_tokens)
+        draft.lm_head.weight.copy_(head.teacher.lm_head.weight[vocab.draft_to_verifier])
+        if draft.d2t is not None:
+            draft.d2t.copy_(vocab.d2t)
+            draft.t2d.copy_(vocab.t2d)
+    draft.embed_tokens.weight.requires_grad_(False)
+    draft.lm_head.weight.requires_grad_(False)
+    return draft
+
+
+def build_objective(draft: Eagle3Draft, head: VerifierHead, vocab: VocabMap, options: Eagle3TrainOptions) -> Eagle3Objective:
+    """The module whose forward is one training step (what DDP/FSDP wrap)."""
+    return Eagle3Objective(draft, head.teacher, None if vocab.is_full else vocab.draft_to_verifier, options)
+
+
+def step_metrics(counts: dict[str, float], options: Eagle3TrainOptions) -> dict[str, float]:
+    """The metrics of summed counts (see `derive_metrics`)."""
+    return derive_metrics(counts, options.ttt_steps, options.step_decay)
+
+
+def complete_counts(counts: dict, options: Eagle3TrainOptions) -> dict:
+    """Every count key present (a rank with no validation batch still joins the all-reduce with zeros)."""
+    for step in range(options.ttt_steps):
+        for key in ("loss_sum", "trained", "correct", "chain_total", "chain_correct"):
+            counts.setdefault(f"{key}_{step}", 0.0)
+    return counts
+
+
+def fsdp_units(draft: Eagle3Draft) -> list[nn.Module]:
+    """The draft's big blocks, sharded (and gathered) one at a time; the rest shards with the root.
+
+    Units take plain tensors only: FSDP2 copies dataclass arguments of a unit's forward, so a
+    decoder layer (which receives its KV cache) cannot be a unit without losing cache appends.
+    """
+    units: list[nn.Module] = []
+    for layer in draft.layers:
+        attention = layer.self_attn
+        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
+    return units
