@@ -439,17 +439,50 @@ def _first_difference(old, new) -> str:
     return f"{old!r} then, {new!r} now"
 
 
+class EmptyDataSet(SpecError):
+    """The run wrote no record: an empty data set trains nothing, so the run fails (with its summary attached)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
+def why_empty(config: GenHiddenConfig, summary: dict) -> str:
+    """One line saying why a run wrote no record, and what would make it write some."""
+    where = "stdout" if config.output == "-" else config.output
+    read, dropped = summary["inputs_read"], summary["dropped"]
+    if read == 0 and config.num_shards > 1:
+        return f"no records written to {where}: shard {config.shard_index} of {config.num_shards} got no input item; use fewer shards"
+    if read == 0:
+        return f"no records written to {where}: the inputs ({', '.join(config.inputs)}) hold no item"
+    reasons = ", ".join(f"{reason} ({count})" for reason, count in dropped.items())
+    message = f"no records written to {where}: all {read} inputs skipped: {reasons}"
+    if "no_assistant_turn" in dropped and not config.regenerate:
+        return message + "; pass --regenerate to have the verifier answer prompt-only inputs"
+    if summary["first_errors"]:
+        return message + f"; first: {summary['first_errors'][0]}"
+    return message
+
+
 def generate_hidden_states(config: GenHiddenConfig, on_progress: Callable[[GenProgress], None] | None = None, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> dict:
-    """Run spec-gen-hidden with `config`; returns the JSON summary (counts, drops by reason, bytes)."""
+    """Run spec-gen-hidden with `config`; returns the JSON summary (counts, drops by reason, bytes).
+
+    Raises EmptyDataSet (after closing the output) when no record was written, also on a rerun.
+    """
     config.check()
     started = time.perf_counter()
     files = expand_inputs(config.inputs)
     setup = load_setup(config)
     output = open_output(config, build_header(config, setup, files), stdout)
     if output.complete is None:
-        return GenHiddenRun(config, setup, files, output, started, on_progress, stdin).run()
-    # Already complete (a rerun): report the counts it recorded, load no weights.
-    counts = GenCounts.from_dict((output.progress or {}).get("counts", {}))
-    elapsed = time.perf_counter() - started
-    bytes_written = _data_set_bytes(Path(config.output), output.complete)
-    return _summary(config, setup.layer_ids, counts, bytes_written, elapsed, elapsed, None, True)
+        summary = GenHiddenRun(config, setup, files, output, started, on_progress, stdin).run()
+        num_records = summary["records_written"]
+    else:  # already complete (a rerun): report the counts it recorded, load no weights
+        counts = GenCounts.from_dict((output.progress or {}).get("counts", {}))
+        elapsed = time.perf_counter() - started
+        bytes_written = _data_set_bytes(Path(config.output), output.complete)
+        summary = _summary(config, setup.layer_ids, counts, bytes_written, elapsed, elapsed, None, True)
+        num_records = output.complete["num_records"]
+    if num_records == 0:
+        raise EmptyDataSet(why_empty(config, summary), summary)
+    return summary

@@ -25,7 +25,7 @@ from libspec.capture.regenerate import Regenerated, Regenerator
 from libspec.errors import SpecError
 from libspec.verifier_model import LoadedVerifier
 
-MAX_ERRORS_KEPT = 5  # first error messages kept in the summary, for --skip-bad runs
+MAX_ERRORS_KEPT = 5  # first messages of skipped inputs kept in the summary (--skip-bad errors, no_assistant_turn)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class RecordMaker:
         for item in window:
             self.counts.inputs_read += 1
             try:
-                examples.append(normalise(item))
+                examples.append(normalise(item, prompt_only=self.regenerator is not None))
             except SpecError as error:
                 self._bad_input("bad_input", error)
         return examples
@@ -140,7 +140,7 @@ class RecordMaker:
         if example.kind == "messages":
             turns = self.renderer.assistant_turns(example.messages, example.tools, example.location)
             if not turns:
-                self.counts.drop("no_assistant_turn")
+                self.counts.drop("no_assistant_turn", _no_assistant_turn(example))
                 return None, {}
             return samples_from_turns(turns, self.turn_policy), {}
         if example.kind == "prompt_completion":
@@ -172,3 +172,11 @@ class RecordMaker:
             self.counts.supervised_tokens += sample.num_supervised
             prepared.append(PreparedRecord(record, sample))
         return prepared
+
+
+def _no_assistant_turn(example: Example) -> str:
+    """Why a conversation gives no record without --regenerate, and how a prompt-only one would."""
+    message = f"{example.location}: no assistant turn to learn from"
+    if example.messages and example.messages[-1]["role"] == "user":
+        message += "; --regenerate has the verifier answer a conversation that ends in a user turn"
+    return message
