@@ -2,6 +2,9 @@
 
     inputs -> normalise -> (regenerate) -> tokens + loss masks -> truncate -> capture -> records
 
+The first four steps are `RecordMaker` (records.py); this module sets a run up in named steps
+(`load_setup`, `build_header`, `open_output`, `load_engine`) and runs the windows (`GenHiddenRun`).
+
 Inputs are processed in windows of `window` items. Within a window, samples are sorted by length
 and captured in padded batches, and written in that order (longest first), so the output depends
 only on the inputs and the options, never on timing.
@@ -267,7 +270,7 @@ class CaptureEngine:
     capturer: object  # HiddenStateCapture, or VllmCapture with --backend vllm
     limits: BatchLimits
     regenerator: Regenerator | None
-    out_dtype: torch.dtype | None  # what capture returns (None: float32, for float8 storage to scale)
+    out_dtype: torch.dtype | None  # the storage dtype; None for float8 (the sink scales from compute precision)
 
     def close(self) -> None:
         """Release what the backend holds (vLLM's engine and its temporary files)."""
