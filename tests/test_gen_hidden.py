@@ -16,11 +16,14 @@ import pytest
 import torch
 from tiny_chat import conversations, loaded_verifier, write_chat_verifier, write_jsonl
 
+from libspec.capture.chat import ChatRenderer
 from libspec.capture.hooks import HiddenStateCapture
+from libspec.capture.inputs import RawItem, normalise
 from libspec.format.dataset import Dataset
 from libspec.errors import SpecError
 from libspec.format.stream import StreamReader
 from libspec.validate.artifacts import validate
+from tools._cli import run as run_tool
 from tools.spec_gen_hidden import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +184,68 @@ def test_regenerate_end_to_end_and_max_len(capsys, tmp_path, verifier_dir):
     inputs_with_records = {sample.record["id"].split(".")[0] for sample in a}
     assert set(summary["dropped"]) <= {"prompt_too_long"}  # max-len 60 leaves some prompts no room
     assert len(inputs_with_records) + sum(summary["dropped"].values()) == 6
+
+
+PROMPT_ONLY = [  # issue 12: one prompt-only input per accepted format (text and tokens have no prompt/reply split)
+    {"messages": [{"role": "user", "content": "hello quick fox"}]},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def add code please"}]},
+    {"conversations": [{"from": "human", "value": "print hello"}]},
+    {"system": "Be brief.", "conversations": [{"from": "human", "value": "lazy dog"}]},
+    {"prompt": "import os"},
+    {"prompt": "def add(a, b):", "completion": ""},
+]
+
+
+def test_issue_12_regenerate_answers_prompt_only_inputs_in_every_format(capsys, tmp_path, verifier_dir):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPT_ONLY)
+    summary = run_json(capsys, "--verifier", verifier_dir, "--data", data, "--regenerate", "--max-new-tokens", "4", "-o", tmp_path / "out")
+    assert summary["records_written"] == len(PROMPT_ONLY) and not summary["dropped"]
+    assert validate(str(tmp_path / "out")).ok
+    verifier = loaded_verifier(str(verifier_dir))
+    renderer = ChatRenderer(verifier.tokenizer, stop_token_ids=verifier.stop_token_ids)
+    for sample in Dataset(tmp_path / "out"):
+        record = sample.record
+        source = normalise(RawItem(0, "x", 1, PROMPT_ONLY[int(record["id"])]), prompt_only=True)
+        if source.kind == "messages":
+            prompt = renderer.render_ids(source.messages, True)
+            assert record["metadata"]["turns"] == [len(source.messages)]  # the verifier's answer, after the last user turn
+        else:
+            prompt = verifier.tokenizer(source.prompt)["input_ids"]
+        generated = len(record["input_ids"]) - len(prompt)
+        assert record["input_ids"][: len(prompt)] == prompt and 1 <= generated <= 4
+        assert record["loss_mask"] == [0] * len(prompt) + [1] * generated  # exactly the verifier's tokens supervised
+        assert record["metadata"]["regenerated"] and len(record["metadata"]["finish_reasons"]) == 1
+
+
+def test_issue_12_prompt_only_inputs_without_regenerate_fail_saying_why(capsys, tmp_path, verifier_dir):
+    chats = write_jsonl(tmp_path / "chats.jsonl", PROMPT_ONLY[:4])
+    argv = ["--quiet", "--verifier", str(verifier_dir), "--data", str(chats), "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool(main, argv)  # as the console script runs it
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("no records written to " + str(tmp_path / "out") + ": all 4 inputs skipped: no_assistant_turn (4); pass --regenerate to have the verifier answer prompt-only inputs")
+    with pytest.raises(SpecError, match="all 4 inputs skipped") as raised:
+        main([*argv[1:], "--json"])  # a rerun finds the data set complete, and empty: still a failure
+    assert raised.value.summary["already_complete"] and json.loads(capsys.readouterr().out)["records_written"] == 0  # the summary came first
+    assert "chats.jsonl:1: no assistant turn to learn from; --regenerate has the verifier answer" in raised.value.summary["first_errors"][0]
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPT_ONLY[4:])
+    argv = ["--quiet", "--verifier", str(verifier_dir), "--data", str(prompts)]
+    with pytest.raises(SpecError, match=r"prompts.jsonl:1: field completion: expected a non-empty string; a prompt alone needs --regenerate"):
+        main([*argv, "-o", str(tmp_path / "refused")])
+    with pytest.raises(SpecError, match=r"all 2 inputs skipped: bad_input \(2\); first: .*prompts.jsonl:1: .*a prompt alone needs --regenerate"):
+        main([*argv, "--skip-bad", "-o", str(tmp_path / "skipped")])
+
+
+def test_issue_12_an_empty_data_set_or_stream_never_exits_0(capsysbinary, tmp_path, verifier_dir):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(SpecError, match=r"no records written to stdout: the inputs \(.*empty.jsonl\) hold no item"):
+        main(["--quiet", "--verifier", str(verifier_dir), "--data", str(empty), "-o", "-"])
+    few = write_jsonl(tmp_path / "few.jsonl", conversations(2))
+    with pytest.raises(SpecError, match="shard 2 of 3 got no input item; use fewer shards"):
+        main(["--quiet", "--verifier", str(verifier_dir), "--data", str(few), "--shard-index", "2", "--num-shards", "3", "-o", str(tmp_path / "part2")])
+    assert main(["--quiet", "--verifier", str(verifier_dir), "--data", str(few), "--shard-index", "1", "--num-shards", "3", "-o", str(tmp_path / "part1")]) == 0
 
 
 def test_vllm_backend_with_a_stand_in_engine_writes_the_same_data_set(capsys, tmp_path, verifier_dir, inputs, monkeypatch):

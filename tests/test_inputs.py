@@ -77,6 +77,22 @@ def test_bad_items_name_file_line_and_field(tmp_path, line, message):
         normalise(items[1])
 
 
+def test_issue_12_a_prompt_without_completion_is_prompt_only_and_refused_naming_regenerate(tmp_path):
+    items = items_of(tmp_path, [{"prompt": "p"}, {"prompt": "p", "completion": ""}, {"prompt": "p", "completion": None}, {"prompt": "p", "completion": 5}])
+    for item in items[:3]:
+        with pytest.raises(SpecError, match=r"in.jsonl:\d: field completion: expected a non-empty string; a prompt alone needs --regenerate"):
+            normalise(item)
+        example = normalise(item, prompt_only=True)  # what --regenerate reads: the verifier writes the completion
+        assert example.kind == "prompt_completion" and example.prompt == "p" and example.completion is None
+    with pytest.raises(SpecError, match="in.jsonl:4: field completion: expected a non-empty string$"):
+        normalise(items[3], prompt_only=True)  # a completion of the wrong type stays an error
+
+
+def test_issue_12_conversations_ending_in_a_user_turn_normalise_as_they_are(tmp_path):
+    items = items_of(tmp_path, [{"messages": [{"role": "user", "content": "hi"}]}, {"system": "S", "conversations": [{"from": "human", "value": "hi"}]}])
+    assert [[m["role"] for m in normalise(i).messages] for i in items] == [["user"], ["system", "user"]]
+
+
 def test_global_indices_over_files_skip_blank_lines_and_count_bad_ones(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "b.jsonl").write_text('{"text": "b1"}\n\n{"text": "b2"}\n')

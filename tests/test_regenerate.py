@@ -91,3 +91,24 @@ def test_tool_calls_prompt_length_and_completions(verifier):
     assert results[2].turns[0].ids[: len(prompt)] == prompt and len(results[2].turns[0].ids) == len(prompt) + 6
     too_long = regenerator(verifier, max_len=5).regenerate([chat(0, "a long enough question for five tokens")])
     assert too_long[0].dropped == "prompt_too_long"
+
+
+def test_issue_12_a_conversation_ending_in_a_user_turn_gets_the_verifiers_answer(verifier):
+    regen = regenerator(verifier)
+    prompt_only = Example(0, "test", 1, "messages", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}])
+    follow_up = Example(1, "test", 2, "messages", messages=chat(1, "hello").messages + [{"role": "user", "content": "more please"}])
+    system_only = Example(2, "test", 3, "messages", messages=[{"role": "system", "content": "Be brief."}])
+    first, second, third = regen.regenerate([prompt_only, follow_up, system_only])
+    (turn,) = first.turns
+    prompt = regen.renderer.render_ids(prompt_only.messages, True)
+    assert turn.message_index == 2 and turn.ids[: turn.start] == prompt  # a new turn after the input's messages
+    assert turn.ids[turn.start :] == greedy_alone(verifier, prompt, 6)
+    assert [t.message_index for t in second.turns] == [1, 3]  # the recorded reply regenerated, then the last user turn answered
+    assert third.dropped == "no_assistant_turn"  # nothing to answer
+
+
+def test_issue_12_a_prompt_without_completion_gets_the_verifiers_completion(verifier):
+    (result,) = regenerator(verifier).regenerate([Example(0, "test", 1, "prompt_completion", prompt="import os")])
+    prompt = verifier.tokenizer("import os")["input_ids"]
+    (turn,) = result.turns
+    assert turn.ids[: turn.start] == prompt and turn.ids[turn.start :] == greedy_alone(verifier, prompt, 6)

@@ -26,7 +26,8 @@ Reads conversations (OpenAI `messages`, ShareGPT `conversations`, `text`, `promp
 or pre-tokenized `input_ids`+`loss_mask`; JSONL/JSON files, directories of them, or - for
 stdin), renders them with the verifier's chat template, supervises exactly the tokens the
 verifier produces (every assistant turn), optionally regenerates the replies with the verifier
-itself (--regenerate, recommended), and records the residual stream at --layers (default:
+itself (--regenerate, recommended; it also answers prompt-only inputs: conversations ending in a
+user turn, a prompt without completion), and records the residual stream at --layers (default:
 EAGLE-3's [2, n//2, n-3] plus the last layer n, SPEC.md §4) into a data set directory (SPEC.md
 §9) or a stream on stdout (-o -).
 
@@ -34,7 +35,7 @@ A rerun of the same command resumes an interrupted run: committed shards are kep
 redone, and the result is identical to an uninterrupted run. --shard-index/--num-shards split the
 inputs round-robin for array jobs; --merge joins the shard outputs into one data set.
 
-Exit status: 0 done, 1 failure (bad input, mismatched resume, ...), 2 usage error."""
+Exit status: 0 done, 1 failure (bad input, mismatched resume, no record written, ...), 2 usage error."""
 
 EPILOG = """\
 examples:
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--skip-bad", action="store_true", help="skip and count malformed inputs instead of stopping at the first")
 
     regen = parser.add_argument_group("on-policy regeneration")
-    regen.add_argument("--regenerate", action="store_true", help="replace assistant replies with the verifier's own before capturing")
+    regen.add_argument("--regenerate", action="store_true", help="replace assistant replies with the verifier's own before capturing, and answer prompt-only inputs")
     regen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     regen.add_argument("--top-p", type=float, default=1.0)
     regen.add_argument("--seed", type=int, default=0, help="sampling seed (a rerun with the same seed samples the same replies)")
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from libspec.capture.gen_hidden import GenHiddenConfig, generate_hidden_states
+    from libspec.capture.gen_hidden import EmptyDataSet, GenHiddenConfig, generate_hidden_states
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,8 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, shard_index=args.shard_index, num_shards=args.num_shards, backend=args.backend,
         trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
-    with _progress(args.quiet) as (progress, update):
-        summary = generate_hidden_states(config, on_progress=update)
+    try:
+        with _progress(args.quiet) as (progress, update):
+            summary = generate_hidden_states(config, on_progress=update)
+    except EmptyDataSet as error:
+        _report(error.summary, args.json, streaming)  # the counts say what was dropped; then exit 1 saying why
+        raise
     return _report(summary, args.json, streaming)
 
 
@@ -196,10 +201,11 @@ def _print_summary(summary: dict) -> None:
         stderr.print(f"[green]✓[/] merged {len(summary['merged'])} data sets → {output}: "
                      f"{summary['num_records']:,} records, {summary['num_tokens']:,} tokens, {summary['num_shards']} shards")  # fmt: skip
         return
+    mark = "[green]✓[/]" if summary["records_written"] else "[red]✗[/]"  # an empty data set fails the run
     if summary.get("already_complete"):
-        stderr.print(f"[green]✓[/] {output} was already complete; nothing to do")
+        stderr.print(f"{mark} {output} was already complete; nothing to do")
     else:
-        stderr.print(f"[green]✓[/] {summary['records_written']:,} records, {summary['tokens_written']:,} tokens "
+        stderr.print(f"{mark} {summary['records_written']:,} records, {summary['tokens_written']:,} tokens "
                      f"({summary['supervised_tokens']:,} supervised) → {output}")  # fmt: skip
     speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""
     stderr.print(f"    layers {summary['layer_ids']}, {summary['storage_dtype']}, {summary['bytes_written'] / 1e6:,.1f} MB"

@@ -2,6 +2,9 @@
 
     inputs -> normalise -> (regenerate) -> tokens + loss masks -> truncate -> capture -> records
 
+The first four steps are `RecordMaker` (records.py); this module sets a run up in named steps
+(`load_setup`, `build_header`, `open_output`, `load_engine`) and runs the windows (`GenHiddenRun`).
+
 Inputs are processed in windows of `window` items. Within a window, samples are sorted by length
 and captured in padded batches, and written in that order (longest first), so the output depends
 only on the inputs and the options, never on timing.
@@ -31,33 +34,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+import torch
 
 from libspec.algorithms.eagle3.config import default_aux_layer_ids
+from libspec.capture.chat import TURN_POLICIES, ChatRenderer
 from libspec.capture.hooks import BatchLimits, HiddenStateCapture, plan_batches
-from libspec.capture.chat import (
-    TURN_POLICIES,
-    ChatRenderer,
-    ChatTemplateError,
-    TokenizedSample,
-    UnstableTemplate,
-    prompt_completion_sample,
-    samples_from_turns,
-    text_sample,
-    truncate,
-)
-from libspec.format.sample_io import create_sink
+from libspec.capture.inputs import RawItem, count_items, describe_inputs, expand_inputs, read_items
+from libspec.capture.records import GenCounts, PreparedRecord, RecordMaker
+from libspec.capture.regenerate import Regenerator, SamplingOptions
+from libspec.errors import SpecError
 from libspec.format.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetWriter, read_manifest
 from libspec.format.digest import sha256_text
-from libspec.errors import SpecError
-from libspec.capture.inputs import Example, RawItem, count_items, describe_inputs, expand_inputs, normalise, read_items
-from libspec.capture.regenerate import Regenerated, Regenerator, SamplingOptions
 from libspec.format.sample import make_header
+from libspec.format.sample_io import SampleSink, create_sink
 from libspec.format.tensors import STORAGE_DTYPES
 from libspec.verifier_model import LoadedVerifier, load_model, load_verifier
 
 TOOL = "spec-gen-hidden"
 BACKENDS = ("hf", "vllm")
-MAX_ERRORS_KEPT = 5  # first error messages kept in the summary, for --skip-bad runs
 
 
 @dataclass(frozen=True)
@@ -117,30 +111,6 @@ class GenHiddenConfig:
         return json.loads(json.dumps(shaping))  # as the manifest stores it (tuples become lists)
 
 
-@dataclass
-class GenCounts:
-    """What happened to the inputs. `dropped` counts inputs, except no_supervised_tokens, which counts records."""
-
-    inputs_read: int = 0  # items of this shard's partition that were processed
-    records_written: int = 0
-    tokens_written: int = 0
-    supervised_tokens: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    first_errors: list[str] = field(default_factory=list)
-
-    def drop(self, reason: str, message: str | None = None, count: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
-        if message and len(self.first_errors) < MAX_ERRORS_KEPT:
-            self.first_errors.append(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "GenCounts":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
 @dataclass(frozen=True)
 class GenProgress:
     """Reported after every captured batch."""
@@ -150,14 +120,6 @@ class GenProgress:
     records: int
     tokens: int
     elapsed_s: float
-
-
-@dataclass
-class _Prepared:
-    """A record ready for capture."""
-
-    record: dict
-    sample: TokenizedSample
 
 
 def resolve_layer_ids(requested: tuple[int, ...] | None, num_hidden_layers: int) -> list[int]:
@@ -178,10 +140,12 @@ class _CountingWriter:
         self.raw, self.bytes_written = raw, 0
 
     def write(self, data: bytes) -> int:
+        """Write through, counting (the summary reports the stream's size)."""
         self.bytes_written += len(data)
         return self.raw.write(data)
 
     def flush(self) -> None:
+        """Flush the wrapped stream."""
         self.raw.flush()
 
 
@@ -196,6 +160,9 @@ class _WriterThread:
         self._jobs: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="spec-gen-hidden-writer", daemon=True)
+
+    def start(self) -> None:
+        """Start taking jobs (not at construction: a run that fails before capturing leaves no thread)."""
         self._thread.start()
 
     def _work(self) -> None:
@@ -211,11 +178,13 @@ class _WriterThread:
             raise self._error
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Queue a job (waiting while `depth` are queued); re-raise an earlier job's failure."""
         self._raise()
         self._jobs.put(job)
 
     @property
     def running(self) -> bool:
+        """Whether jobs go to the thread (started and not finished)."""
         return self._thread.is_alive()
 
     def finish(self) -> None:
@@ -226,107 +195,133 @@ class _WriterThread:
         self._raise()
 
 
-class GenHiddenRun:
-    """One spec-gen-hidden run: set up with a config, then `run()`."""
+@dataclass(frozen=True)
+class CaptureSetup:
+    """The verifier before its weights load (tokenizer, fingerprint) and how records are made: all a header needs."""
 
-    def __init__(self, config: GenHiddenConfig, on_progress: Callable[[GenProgress], None] | None = None, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None):
-        config.check()
-        self.config = config
-        self.on_progress = on_progress or (lambda progress: None)
-        self.stdin, self.stdout = stdin, stdout
-        self.files = expand_inputs(config.inputs)
-        self.counts = GenCounts()
-        self.started = time.perf_counter()
+    verifier: LoadedVerifier
+    layer_ids: list[int]
+    renderer: ChatRenderer
+    template_sha256: str  # of the chat template actually used
+    max_len: int
 
-    # -- setup ---------------------------------------------------------------------------------
 
-    def _load(self) -> None:
-        """Tokenizer, fingerprint and layer ids: all a header needs (the weights load later, if needed)."""
-        config = self.config
-        self.verifier: LoadedVerifier = load_verifier(config.verifier, config.trust_remote_code)
-        self.layer_ids = resolve_layer_ids(config.layer_ids, self.verifier.num_hidden_layers)
-        template = None
-        if config.chat_template:
-            try:
-                template = Path(config.chat_template).read_text("utf-8")
-            except OSError as error:
-                raise SpecError(f"--chat-template {config.chat_template}: cannot read: {error.strerror}") from None
-        self.renderer = ChatRenderer(self.verifier.tokenizer, template, config.chat_template_kwargs, self.verifier.stop_token_ids)
-        self.template_sha256 = sha256_text(template) if template else self.verifier.fingerprint.chat_template_sha256
-        self.max_len = config.max_len or self.verifier.max_position_embeddings or 8192
-        self.limits = BatchLimits(config.batch_tokens, config.batch_size)
+def load_setup(config: GenHiddenConfig) -> CaptureSetup:
+    """Tokenizer, fingerprint, layer ids and chat template: cheap, so a finished run says so before loading weights."""
+    verifier = load_verifier(config.verifier, config.trust_remote_code)
+    layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
+    template = None
+    if config.chat_template:
+        try:
+            template = Path(config.chat_template).read_text("utf-8")
+        except OSError as error:
+            raise SpecError(f"--chat-template {config.chat_template}: cannot read: {error.strerror}") from None
+    renderer = ChatRenderer(verifier.tokenizer, template, config.chat_template_kwargs, verifier.stop_token_ids)
+    template_sha256 = sha256_text(template) if template else verifier.fingerprint.chat_template_sha256
+    max_len = config.max_len or verifier.max_position_embeddings or 8192
+    return CaptureSetup(verifier, layer_ids, renderer, template_sha256, max_len)
 
-    def _capturer(self):
-        if self.config.backend == "vllm":
-            from libspec.capture.vllm_backend import VllmCapture
 
-            # vLLM schedules its own batches: hand it a whole window at once. Records keep the same
-            # order (the plan is one longest-first list, cut into batches by the limits).
-            self.capture_limits = BatchLimits(max_tokens=2**62, max_sequences=self.config.window)
-            return VllmCapture(self.verifier, self.layer_ids, self.config.dtype)
-        self.capture_limits = self.limits
-        return HiddenStateCapture(self.verifier.model, self.layer_ids, self.verifier.num_hidden_layers)
-
-    def _header(self) -> dict:
-        metadata = {
-            "gen_hidden": {
-                "options": self.config.output_shaping(),
-                "inputs": describe_inputs(self.files),
-                "chat_template_sha256": self.template_sha256,
-                "max_len": self.max_len,
-                "stop_token_ids": list(self.verifier.stop_token_ids),
-            }
+def build_header(config: GenHiddenConfig, setup: CaptureSetup, files: list[str]) -> dict:
+    """The data header: fingerprint and layers, plus what a resume must match (options, input digests)."""
+    metadata = {
+        "gen_hidden": {
+            "options": config.output_shaping(),
+            "inputs": describe_inputs(files),
+            "chat_template_sha256": setup.template_sha256,
+            "max_len": setup.max_len,
+            "stop_token_ids": list(setup.verifier.stop_token_ids),
         }
-        return make_header(self.verifier.fingerprint, self.layer_ids, self.config.storage_dtype, TOOL, metadata)
+    }
+    return make_header(setup.verifier.fingerprint, setup.layer_ids, config.storage_dtype, TOOL, metadata)
 
-    def _open_output(self, header: dict) -> dict | None:
-        """Open the sink; returns the resumed progress, or None when starting fresh."""
-        output = self.config.output
-        if output == "-":
-            self.stream_out = _CountingWriter(self.stdout or sys.stdout.buffer)
-            self.sink = create_sink("-", header, stdout=self.stream_out)
-            return None
-        directory = Path(output)
-        resumed = None
-        if (directory / MANIFEST).exists():
-            manifest = read_manifest(directory)
-            _check_same_run(directory, manifest, header)
-            if manifest["complete"]:
-                self.already_complete = manifest
-                return None
-            resumed = manifest["metadata"].get("progress")
-        # The writer's own size-based commits are the shard boundaries; progress rides along.
-        self.sink = DatasetWriter(directory, header, shard_bytes=self.config.shard_bytes, resume=(directory / MANIFEST).exists())
-        return resumed
 
-    # -- the run -------------------------------------------------------------------------------
+@dataclass
+class OpenedOutput:
+    """Where records go, and what an earlier run of the same command left there."""
+
+    sink: SampleSink | None  # None when the data set is already complete
+    stream_out: _CountingWriter | None  # stdout, counted, when streaming
+    progress: dict | None  # the manifest's progress: where to resume, or the final counts when complete
+    complete: dict | None  # the manifest of an already complete data set
+
+
+def open_output(config: GenHiddenConfig, header: dict, stdout: BinaryIO | None) -> OpenedOutput:
+    """Open the sink: a stream, a new data set, or the one an interrupted run of the same command left."""
+    if config.output == "-":
+        stream_out = _CountingWriter(stdout or sys.stdout.buffer)
+        return OpenedOutput(create_sink("-", header, stdout=stream_out), stream_out, None, None)
+    directory = Path(config.output)
+    manifest = read_manifest(directory) if (directory / MANIFEST).exists() else None
+    if manifest is not None:
+        _check_same_run(directory, manifest, header)
+    progress = manifest["metadata"].get("progress") if manifest is not None else None
+    if manifest is not None and manifest["complete"]:
+        return OpenedOutput(None, None, progress, manifest)
+    # The writer's own size-based commits are the shard boundaries; progress rides along.
+    sink = DatasetWriter(directory, header, shard_bytes=config.shard_bytes, resume=manifest is not None)
+    return OpenedOutput(sink, None, progress, None)
+
+
+@dataclass
+class CaptureEngine:
+    """What runs the verifier's weights: the capturer with its batch limits, and the regenerator with --regenerate."""
+
+    capturer: object  # HiddenStateCapture, or VllmCapture with --backend vllm
+    limits: BatchLimits
+    regenerator: Regenerator | None
+    out_dtype: torch.dtype | None  # the storage dtype; None for float8 (the sink scales from compute precision)
+
+    def close(self) -> None:
+        """Release what the backend holds (vLLM's engine and its temporary files)."""
+        getattr(self.capturer, "close", lambda: None)()
+
+
+def load_engine(config: GenHiddenConfig, setup: CaptureSetup) -> CaptureEngine:
+    """Load the weights and build the capturer on them (and the regenerator, with --regenerate)."""
+    verifier = setup.verifier
+    limits = BatchLimits(config.batch_tokens, config.batch_size)
+    if config.backend == "vllm":
+        from libspec.capture.vllm_backend import VllmCapture
+
+        # vLLM schedules its own batches: hand it a whole window at once. Records keep the same
+        # order (the plan is one longest-first list, cut into batches by the limits).
+        capture_limits = BatchLimits(max_tokens=2**62, max_sequences=config.window)
+        capturer = VllmCapture(verifier, setup.layer_ids, config.dtype)
+    else:
+        load_model(verifier, config.device, config.dtype, config.trust_remote_code)
+        capture_limits = limits
+        capturer = HiddenStateCapture(verifier.model, setup.layer_ids, verifier.num_hidden_layers)
+    regenerator = None
+    if config.regenerate:
+        options = SamplingOptions(config.temperature, config.top_p, config.max_new_tokens, config.seed)
+        regenerator = Regenerator(verifier.model, verifier.tokenizer, setup.renderer, options, limits, setup.max_len, verifier.pad_token_id)
+    out_dtype = None if config.storage_dtype == "float8_e4m3fn" else STORAGE_DTYPES[config.storage_dtype]
+    return CaptureEngine(capturer, capture_limits, regenerator, out_dtype)
+
+
+class GenHiddenRun:
+    """The capture loop of one run, on an opened output: built ready to go, then `run()`."""
+
+    def __init__(self, config: GenHiddenConfig, setup: CaptureSetup, files: list[str], output: OpenedOutput, started: float, on_progress: Callable[[GenProgress], None] | None = None, stdin: BinaryIO | None = None):
+        self.config, self.setup, self.files, self.output, self.stdin = config, setup, files, output, stdin
+        self.on_progress = on_progress or (lambda progress: None)
+        self.started = started  # when the run began, loading included
+        self.counts = GenCounts.from_dict((output.progress or {}).get("counts", {}))
+        self.engine = load_engine(config, setup)
+        self.records = RecordMaker(setup.verifier, setup.renderer, setup.max_len, config.turn_policy, config.skip_bad, self.engine.regenerator, self.counts)
+        total = count_items(files)
+        self.inputs_total = None if total is None else len(range(config.shard_index, total, config.num_shards))
+        self.items_seen = 0  # input items read so far, of every shard
+        self.writer = _WriterThread()
+        self.capture_started = started  # reset when the first window starts
 
     def run(self) -> dict:
-        """Do the whole job; returns the summary (also when the output was already complete)."""
-        self.already_complete = None
-        self._load()
-        progress = self._open_output(self._header())
-        if self.already_complete is not None:
-            return self._summary(self.already_complete)
-        if self.config.backend == "hf":
-            load_model(self.verifier, self.config.device, self.config.dtype, self.config.trust_remote_code)
-        self.capturer = self._capturer()
-        self.regenerator = None
-        if self.config.regenerate:
-            options = SamplingOptions(self.config.temperature, self.config.top_p, self.config.max_new_tokens, self.config.seed)
-            self.regenerator = Regenerator(self.verifier.model, self.verifier.tokenizer, self.renderer, options, self.limits, self.max_len, self.verifier.pad_token_id)
-        position = records_before = skip = 0
-        if progress:
-            self.counts = GenCounts.from_dict(progress["counts"])
-            position, records_before = progress["window_start"], progress["records_before_window"]
-            # Records of the interrupted window that a shard commit already holds.
-            skip = self.sink.num_records - records_before
-        total = count_items(self.files)
-        self.inputs_total = None if total is None else len(range(self.config.shard_index, total, self.config.num_shards))
-        self.items_seen = 0
+        """Capture window after window from where an earlier run stopped; returns the summary."""
+        position, records_before, skip = self._resume_point()
         items = self._partition(read_items(self.files, self.stdin))
         self.capture_started = time.perf_counter()
-        self.writer = _WriterThread()
+        self.writer.start()
         try:
             for window in _windows(itertools.islice(items, position, None), self.config.window):
                 self._record_progress(position, records_before)
@@ -334,165 +329,89 @@ class GenHiddenRun:
                 position += len(window)
                 skip = 0
         finally:
-            getattr(self.capturer, "close", lambda: None)()
+            self.engine.close()
             self.writer.finish()  # whatever was captured is written (and committed) even on failure
         self._record_progress(position, records_before)
-        manifest = self.sink.close()
-        return self._summary(manifest if isinstance(self.sink, DatasetWriter) else None)
+        return self._finish()
 
-    def _record_progress(self, window_start: int, records_before: int) -> None:
-        """Tell the data set where this window starts; every shard commit during it writes this down."""
-        if isinstance(self.sink, DatasetWriter):
-            progress = {"progress": {"window_start": window_start, "records_before_window": records_before, "counts": self.counts.to_dict()}}
-            if self.writer.running:  # in order with the samples queued before it
-                self.writer.submit(lambda: self.sink.update_metadata(progress))
-            else:
-                self.sink.update_metadata(progress)
+    def _resume_point(self) -> tuple[int, int, int]:
+        """(input position, records before it, records to skip): the start of the window a crash interrupted."""
+        progress = self.output.progress
+        if not progress:
+            return 0, 0, 0
+        # Records of the interrupted window that a shard commit already holds.
+        skip = self.output.sink.num_records - progress["records_before_window"]
+        return progress["window_start"], progress["records_before_window"], skip
 
     def _partition(self, items: Iterator[RawItem]) -> Iterator[RawItem]:
+        """This shard's items (index mod num_shards), counting every item read for the summary."""
         for item in items:
             self.items_seen = item.index + 1
             if item.index % self.config.num_shards == self.config.shard_index:
                 yield item
 
+    def _record_progress(self, window_start: int, records_before: int) -> None:
+        """Tell the data set where this window starts; every shard commit during it writes this down."""
+        sink = self.output.sink
+        if isinstance(sink, DatasetWriter):
+            progress = {"progress": {"window_start": window_start, "records_before_window": records_before, "counts": self.counts.to_dict()}}
+            if self.writer.running:  # in order with the samples queued before it
+                self.writer.submit(lambda: sink.update_metadata(progress))
+            else:
+                sink.update_metadata(progress)
+
     def _process_window(self, window: list[RawItem], skip: int) -> int:
         """Prepare, capture and write one window; the first `skip` records were committed before a crash."""
-        prepared = self._prepare(window)
-        order = plan_batches([len(p.sample.input_ids) for p in prepared], self.capture_limits)
-        out_dtype = None if self.config.storage_dtype == "float8_e4m3fn" else STORAGE_DTYPES[self.config.storage_dtype]
+        prepared = self.records.prepare(window)
         written = 0
-        for batch in order:
+        for batch in plan_batches([len(p.sample.input_ids) for p in prepared], self.engine.limits):
             todo = [prepared[i] for i in batch]
-            if written + len(todo) <= skip:  # already in the data set: nothing to capture
-                written += len(todo)
-                continue
-            hidden = self.capturer.capture([p.sample.input_ids for p in todo], self.verifier.pad_token_id, out_dtype)
-            new = [(item.record, states) for n, (item, states) in enumerate(zip(todo, hidden), start=written) if n >= skip]
-            self.writer.submit(lambda new=new: [self.sink.add(record, states) for record, states in new])
+            if written + len(todo) > skip:  # else already in the data set: nothing to capture
+                self._capture_batch(todo, max(0, skip - written))
             written += len(todo)
-            elapsed = time.perf_counter() - self.capture_started
-            self.on_progress(GenProgress(self.counts.inputs_read, self.inputs_total, self.counts.records_written, self.counts.tokens_written, elapsed))
         return written
 
-    # -- inputs to records ---------------------------------------------------------------------
+    def _capture_batch(self, todo: list[PreparedRecord], committed: int) -> None:
+        """One forward pass; the records after the first `committed` go to the writer thread."""
+        hidden = self.engine.capturer.capture([p.sample.input_ids for p in todo], self.setup.verifier.pad_token_id, self.engine.out_dtype)
+        new = [(p.record, states) for p, states in list(zip(todo, hidden))[committed:]]
+        sink = self.output.sink
+        self.writer.submit(lambda: [sink.add(record, states) for record, states in new])
+        elapsed = time.perf_counter() - self.capture_started
+        self.on_progress(GenProgress(self.counts.inputs_read, self.inputs_total, self.counts.records_written, self.counts.tokens_written, elapsed))
 
-    def _prepare(self, window: list[RawItem]) -> list[_Prepared]:
-        """Records (token ids + loss masks) for a window of input items; drops are counted."""
-        examples = []
-        for item in window:
-            self.counts.inputs_read += 1
-            try:
-                examples.append(normalise(item))
-            except SpecError as error:
-                self._bad_input("bad_input", error)
-        regenerated: dict[int, Regenerated] = {}
-        if self.regenerator is not None:
-            chat_like = [e for e in examples if e.kind in ("messages", "prompt_completion")]
-            regenerated = {r.example.index: r for r in self._regenerate(chat_like)}
-        prepared = []
-        for example in examples:
-            try:
-                samples, extra = self._tokenize(example, regenerated.get(example.index))
-            except UnstableTemplate as error:
-                self.counts.drop("unstable_template", str(error))
-                continue
-            except ChatTemplateError as error:
-                self._bad_input("template_error", error)
-                continue
-            if samples is None:
-                continue
-            prepared += self._records(example, samples, extra)
-        return prepared
-
-    def _regenerate(self, examples: list[Example]) -> list[Regenerated]:
-        try:
-            return self.regenerator.regenerate(examples)
-        except ChatTemplateError:
-            if not self.config.skip_bad:
-                raise
-        results = []  # one input's template failed: regenerate one by one to isolate it
-        for example in examples:
-            try:
-                results += self.regenerator.regenerate([example])
-            except ChatTemplateError as error:
-                self._bad_input("template_error", error)
-        return results
-
-    def _bad_input(self, reason: str, error: SpecError) -> None:
-        if not self.config.skip_bad:
-            raise error
-        self.counts.drop(reason, str(error))
-
-    def _tokenize(self, example: Example, regenerated: Regenerated | None) -> tuple[list[TokenizedSample] | None, dict]:
-        """Token samples for one example (None when dropped), and record metadata to add."""
-        tokenizer = self.verifier.tokenizer
-        if regenerated is not None:
-            if regenerated.dropped:
-                self.counts.drop(regenerated.dropped)
-                return None, {}
-            extra = {"regenerated": True, "finish_reasons": regenerated.finish_reasons}
-            return samples_from_turns(regenerated.turns, self.config.turn_policy), extra
-        if example.kind == "messages":
-            turns = self.renderer.assistant_turns(example.messages, example.tools, example.location)
-            if not turns:
-                self.counts.drop("no_assistant_turn")
-                return None, {}
-            return samples_from_turns(turns, self.config.turn_policy), {}
-        if example.kind == "prompt_completion":
-            return [prompt_completion_sample(tokenizer, example.prompt, example.completion)], {}
-        if example.kind == "text":
-            return [text_sample(tokenizer, example.text)], {}
-        return [TokenizedSample(list(example.input_ids), list(example.loss_mask))], {}
-
-    def _records(self, example: Example, samples: list[TokenizedSample], extra: dict) -> list[_Prepared]:
-        vocab = self.verifier.fingerprint.vocab_size
-        prepared = []
-        for k, sample in enumerate(samples):
-            sample = truncate(sample, self.max_len)
-            if sample.num_supervised == 0:
-                self.counts.drop("no_supervised_tokens")
-                continue
-            top = max(sample.input_ids)
-            if top >= vocab:
-                self._bad_input("bad_input", SpecError(f"{example.location}: token id {top} >= the verifier's vocab size {vocab}"))
-                continue
-            metadata = {"source": example.source, "line": example.line, "kind": example.kind, **extra}
-            if sample.turns and example.kind == "messages":
-                metadata["turns"] = list(sample.turns)
-            record_id = str(example.index) if len(samples) == 1 else f"{example.index}.{k}"
-            record = {"id": record_id, "input_ids": sample.input_ids, "loss_mask": sample.loss_mask, "metadata": metadata}
-            self.counts.records_written += 1
-            self.counts.tokens_written += len(sample.input_ids)
-            self.counts.supervised_tokens += sample.num_supervised
-            prepared.append(_Prepared(record, sample))
-        return prepared
-
-    # -- the end -------------------------------------------------------------------------------
-
-    def _summary(self, manifest: dict | None) -> dict:
-        counts = self.counts
-        if manifest is not None and self.already_complete is not None:
-            counts = GenCounts.from_dict(manifest["metadata"].get("progress", {}).get("counts", {}))
-        directory = Path(self.config.output)
-        if manifest is not None:
-            data_bytes = sum(s["records_bytes"] + s["tensors_bytes"] for s in manifest["shards"]) + (directory / MANIFEST).stat().st_size
+    def _finish(self) -> dict:
+        """Close the sink (a data set is marked complete) and sum the run up."""
+        manifest = self.output.sink.close()
+        if isinstance(self.output.sink, DatasetWriter):
+            bytes_written = _data_set_bytes(Path(self.config.output), manifest)
         else:
-            data_bytes = self.stream_out.bytes_written
-        elapsed = time.perf_counter() - self.started
-        capture_s = time.perf_counter() - getattr(self, "capture_started", self.started)
-        return {
-            "output": self.config.output,
-            "already_complete": self.already_complete is not None,
-            "shard": {"index": self.config.shard_index, "count": self.config.num_shards},
-            **counts.to_dict(),
-            "inputs_other_shards": None if self.already_complete is not None else self.items_seen - counts.inputs_read,
-            "bytes_written": data_bytes,
-            "layer_ids": self.layer_ids,
-            "storage_dtype": self.config.storage_dtype,
-            "elapsed_s": round(elapsed, 3),  # including loading the model
-            "capture_s": round(capture_s, 3),
-            "tokens_per_s": round(counts.tokens_written / capture_s, 1) if capture_s > 0 and self.already_complete is None else None,
-        }
+            bytes_written = self.output.stream_out.bytes_written
+        now = time.perf_counter()
+        other_shards = self.items_seen - self.counts.inputs_read
+        return _summary(self.config, self.setup.layer_ids, self.counts, bytes_written, now - self.started, now - self.capture_started, other_shards, False)
+
+
+def _data_set_bytes(directory: Path, manifest: dict) -> int:
+    """A data set's size on disk: its shard files and its manifest."""
+    return sum(s["records_bytes"] + s["tensors_bytes"] for s in manifest["shards"]) + (directory / MANIFEST).stat().st_size
+
+
+def _summary(config: GenHiddenConfig, layer_ids: list[int], counts: GenCounts, bytes_written: int, elapsed_s: float, capture_s: float, inputs_other_shards: int | None, already_complete: bool) -> dict:
+    """The run's JSON summary: the counts, what was written, and how fast."""
+    return {
+        "output": config.output,
+        "already_complete": already_complete,
+        "shard": {"index": config.shard_index, "count": config.num_shards},
+        **counts.to_dict(),
+        "inputs_other_shards": inputs_other_shards,
+        "bytes_written": bytes_written,
+        "layer_ids": layer_ids,
+        "storage_dtype": config.storage_dtype,
+        "elapsed_s": round(elapsed_s, 3),  # including loading the model
+        "capture_s": round(capture_s, 3),
+        "tokens_per_s": round(counts.tokens_written / capture_s, 1) if capture_s > 0 and not already_complete else None,
+    }
 
 
 def _windows(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
@@ -523,6 +442,50 @@ def _first_difference(old, new) -> str:
     return f"{old!r} then, {new!r} now"
 
 
+class EmptyDataSet(SpecError):
+    """The run wrote no record: an empty data set trains nothing, so the run fails (with its summary attached)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
+def why_empty(config: GenHiddenConfig, summary: dict) -> str:
+    """One line saying why a run wrote no record, and what would make it write some."""
+    where = "stdout" if config.output == "-" else config.output
+    read, dropped = summary["inputs_read"], summary["dropped"]
+    if read == 0 and config.num_shards > 1:
+        return f"no records written to {where}: shard {config.shard_index} of {config.num_shards} got no input item; use fewer shards"
+    if read == 0:
+        return f"no records written to {where}: the inputs ({', '.join(config.inputs)}) hold no item"
+    reasons = ", ".join(f"{reason} ({count})" for reason, count in dropped.items())
+    message = f"no records written to {where}: all {read} inputs skipped: {reasons}"
+    if "no_assistant_turn" in dropped and not config.regenerate:
+        return message + "; pass --regenerate to have the verifier answer prompt-only inputs"
+    if summary["first_errors"]:
+        return message + f"; first: {summary['first_errors'][0]}"
+    return message
+
+
 def generate_hidden_states(config: GenHiddenConfig, on_progress: Callable[[GenProgress], None] | None = None, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> dict:
-    """Run spec-gen-hidden with `config`; returns the JSON summary (counts, drops by reason, bytes)."""
-    return GenHiddenRun(config, on_progress, stdin, stdout).run()
+    """Run spec-gen-hidden with `config`; returns the JSON summary (counts, drops by reason, bytes).
+
+    Raises EmptyDataSet (after closing the output) when no record was written, also on a rerun.
+    """
+    config.check()
+    started = time.perf_counter()
+    files = expand_inputs(config.inputs)
+    setup = load_setup(config)
+    output = open_output(config, build_header(config, setup, files), stdout)
+    if output.complete is None:
+        summary = GenHiddenRun(config, setup, files, output, started, on_progress, stdin).run()
+        num_records = summary["records_written"]
+    else:  # already complete (a rerun): report the counts it recorded, load no weights
+        counts = GenCounts.from_dict((output.progress or {}).get("counts", {}))
+        elapsed = time.perf_counter() - started
+        bytes_written = _data_set_bytes(Path(config.output), output.complete)
+        summary = _summary(config, setup.layer_ids, counts, bytes_written, elapsed, elapsed, None, True)
+        num_records = output.complete["num_records"]
+    if num_records == 0:
+        raise EmptyDataSet(why_empty(config, summary), summary)
+    return summary

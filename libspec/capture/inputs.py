@@ -11,6 +11,11 @@ Accepted per record (one JSON object per JSONL line, or per item of a JSON array
 - plain `text` (every token supervised), or `prompt` + `completion` (only the completion).
 - pre-tokenized `input_ids` + `loss_mask` (passed through unchanged).
 
+Prompt-only inputs, for the verifier to answer (`spec-gen-hidden --regenerate`): `messages` or
+`conversations` ending in a user turn, and `prompt` without `completion` (accepted by `normalise`
+only with `prompt_only=True`; otherwise refused, naming --regenerate). `text` and token inputs
+have no prompt/reply split, so they are never prompt-only.
+
 Files are `.jsonl`/`.json`, optionally `.gz` or `.zst` compressed; directories are searched
 recursively for them (in sorted order); `-` is JSONL (or one JSON array) on stdin. Every non-blank
 line or array item is an input item with a global position `index`, bad ones included, so that
@@ -172,8 +177,11 @@ def _array_items(name: str, text: str) -> Iterator[tuple[int, Any, str | None]]:
         yield number, value, None
 
 
-def normalise(item: RawItem) -> Example:
-    """Turn a parsed input item into an Example, or raise SpecError naming file:line and the field."""
+def normalise(item: RawItem, prompt_only: bool = False) -> Example:
+    """Turn a parsed input item into an Example, or raise SpecError naming file:line and the field.
+
+    With `prompt_only` a `prompt` may come without `completion` (completion None: the verifier writes it).
+    """
     where = item.location
     if item.error is not None:
         raise SpecError(f"{where}: {item.error}")
@@ -195,8 +203,12 @@ def normalise(item: RawItem) -> Example:
         messages = _sharegpt_messages(record, where)
         return Example(kind="messages", messages=messages, tools=_tools(record, where), **base)
     if "prompt" in record:
-        prompt, completion = _string(record, "prompt", where), _string(record, "completion", where)
-        return Example(kind="prompt_completion", prompt=prompt, completion=completion, **base)
+        prompt, completion = _string(record, "prompt", where), record.get("completion")
+        if completion in (None, "") and not prompt_only:
+            raise SpecError(f"{where}: field completion: expected a non-empty string; a prompt alone needs --regenerate (the verifier writes the completion)")
+        if completion not in (None, ""):
+            completion = _string(record, "completion", where)
+        return Example(kind="prompt_completion", prompt=prompt, completion=completion or None, **base)
     if "text" in record:
         return Example(kind="text", text=_string(record, "text", where), **base)
     found = ", ".join(sorted(record)) or "none"

@@ -9,6 +9,10 @@ Batches are left-padded and planned by length; with sampling, the random seed of
 derived from (seed, first input index, round, batch number), so a rerun of the same command
 (including one resumed after a crash) samples the same replies.
 
+Prompt-only inputs are answered: a conversation ending in a user turn gets one more assistant
+turn (message index = the input's message count), and a `prompt` without `completion` its
+completion, generated like any other reply.
+
 Not regenerated: plain `text` and pre-tokenized inputs (passed through as they are). A
 conversation is cut before its first assistant message with `tool_calls`: a regenerated reply may
 call other tools than the recorded tool results answer.
@@ -114,7 +118,7 @@ class Regenerator:
         return output[:, width:].tolist()
 
     def regenerate(self, examples: list[Example]) -> list[Regenerated]:
-        """Regenerate every assistant turn of chat examples and the completion of prompt examples."""
+        """Regenerate every assistant turn of chat examples (answering a final user turn) and the completion of prompt examples."""
         results = [Regenerated(e, [], []) for e in examples]
         self._regenerate_completions([r for r in results if r.example.kind == "prompt_completion"])
         self._regenerate_conversations([r for r in results if r.example.kind == "messages"])
@@ -135,7 +139,7 @@ class Regenerator:
             results[i].finish_reasons.append(reply.finish_reason)
 
     def _regenerate_conversations(self, results: list[Regenerated]) -> None:
-        conversations = [list(r.example.messages) for r in results]
+        conversations = [_with_reply_slot(r.example.messages) for r in results]
         targets = [_regenerable_turns(c) for c in conversations]
         for result, turns in zip(results, targets):
             if not turns:
@@ -172,6 +176,12 @@ class Regenerator:
 def _without_stop(reply: Reply, stop_ids: frozenset[int]) -> list[int]:
     ids = reply.token_ids
     return ids[:-1] if reply.finish_reason == "stop" and ids and ids[-1] in stop_ids else ids
+
+
+def _with_reply_slot(messages: list[dict]) -> list[dict]:
+    """A copy of the conversation, with an empty assistant turn after a final user turn for the verifier to fill."""
+    slot = [{"role": "assistant", "content": ""}] if messages and messages[-1]["role"] == "user" else []
+    return [*messages, *slot]
 
 
 def _regenerable_turns(messages: list[dict]) -> list[int]:
