@@ -40,7 +40,7 @@ from libspec.algorithms.eagle3.config import default_aux_layer_ids
 from libspec.capture.chat import TURN_POLICIES, ChatRenderer
 from libspec.capture.hooks import BatchLimits, HiddenStateCapture, plan_batches
 from libspec.capture.inputs import RawItem, count_items, describe_inputs, expand_inputs, read_items
-from libspec.capture.records import GenCounts, PreparedRecord, RecordMaker
+from libspec.capture.record_maker import GenCounts, PreparedRecord, RecordMaker
 from libspec.capture.regenerate import Regenerator, SamplingOptions
 from libspec.errors import SpecError
 from libspec.format.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetWriter, read_manifest
