@@ -375,6 +375,8 @@ class GenHiddenRun:
         """One forward pass; the records after the first `committed` go to the writer thread."""
         hidden = self.engine.capturer.capture([p.sample.input_ids for p in todo], self.setup.verifier.pad_token_id, self.engine.out_dtype)
         new = [(p.record, states) for p, states in list(zip(todo, hidden))[committed:]]
+        for record, states in new:
+            _refuse_nonfinite(record, states, self.config.storage_dtype)
         sink = self.output.sink
         self.writer.submit(lambda: [sink.add(record, states) for record, states in new])
         elapsed = time.perf_counter() - self.capture_started
@@ -390,6 +392,18 @@ class GenHiddenRun:
         now = time.perf_counter()
         other_shards = self.items_seen - self.counts.inputs_read
         return _summary(self.config, self.setup.layer_ids, self.counts, bytes_written, now - self.started, now - self.capture_started, other_shards, False)
+
+
+def _refuse_nonfinite(record: dict, states: torch.Tensor, storage_dtype: str) -> None:
+    """inf or NaN in captured hidden states would train a NaN draft: stop before writing them."""
+    bad = states.numel() - int(torch.isfinite(states).sum())
+    if bad:
+        hint = (
+            f"float16 overflows past 65504 and this verifier's activations are larger; use --storage-dtype bfloat16"
+            if storage_dtype == "float16"
+            else "the verifier itself produced them (check its weights and --dtype)"
+        )
+        raise SpecError(f"record {record['id']}: {bad} hidden-state values are not finite (inf or NaN) in {storage_dtype}; {hint}; nothing of it was written")
 
 
 def _data_set_bytes(directory: Path, manifest: dict) -> int:

@@ -16,9 +16,10 @@ from libspec.options import check_options, known_values, option
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 SAVE_DTYPES = ("bfloat16", "float32", "float16")
-# Fields that may differ between a run and its resumption: where things are, not what they are (the
-# data's identity is its fingerprint, compared separately; the verifier's is checked against the data).
-RESUMABLE_DIFFERENCES = ("output", "data", "verifier")
+# Fields that may differ between a run and its resumption: where things are and how many are kept,
+# not what they are (the data's identity is its fingerprint, compared separately; the verifier's is
+# checked against the data).
+RESUMABLE_DIFFERENCES = ("output", "data", "verifier", "keep")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class TrainConfig:
     # outputs
     save_every: int = option(0, "also checkpoint every N optimizer steps (0: only at epoch ends)", metavar="N")
     save_dtype: str = option("bfloat16", "dtype of checkpoint weights", choices=SAVE_DTYPES)
+    keep: int | None = option(3, "checkpoints kept: the newest N plus the best (older ones are deleted); 0 for all", minimum=0, metavar="N")
 
     def __post_init__(self) -> None:
         if self.draft is None:

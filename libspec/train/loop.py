@@ -169,32 +169,61 @@ def optimizer_step(run: Run, session: Session, plan, batch_index: int, lr: float
             loss, micro_counts = session.wrapped(batch)
         (loss / config.grad_accum).backward()  # gradients average over micro-batches (and over ranks, by DDP)
         _add_counts(counts, micro_counts)
+    counts = distributed.sum_counts(counts, topology)  # every rank sees a NaN of any rank, so all stop together
+    _refuse_nonfinite_loss(run, counts, plan, batch_index, session.progress.step + 1)
     for group in session.optimizer.param_groups:
         group["lr"] = lr
     grad_norm = torch.nn.utils.clip_grad_norm_(session.trainable, config.grad_clip) if config.grad_clip > 0 else None
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
-    return distributed.sum_counts(counts, topology), None if grad_norm is None else float(grad_norm)
+    return counts, None if grad_norm is None else float(grad_norm)
+
+
+def _refuse_nonfinite_loss(run: Run, counts: dict, plan, batch_index: int, step: int) -> None:
+    """A non-finite loss would poison the weights and every later checkpoint: stop the run, naming the step's records."""
+    bad = [key for key, value in counts.items() if not math.isfinite(value)]
+    if not bad:
+        return
+    config = run.config
+    first = batch_index * config.grad_accum * run.topology.world_size
+    indices = [i for batch in plan[first : first + config.grad_accum * run.topology.world_size] for i in batch]
+    ids = [run.table.records[i]["id"] for i in indices]
+    shown = ", ".join(map(str, ids[:8])) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+    raise SpecError(
+        f"{config.data}: the loss became {counts[bad[0]]} at optimizer step {step} (records {shown}); "
+        f"try a lower --lr; no checkpoint was written from it, and the last one in {config.output} is intact"
+    )
 
 
 def load_batch(run: Run, indices: list[int]) -> PackedBatch:
     """Read and pack the records `indices` (their aux layers and layer n) into one batch."""
     layers, last = run.layer_columns
     picked = [*layers, last]
-    samples = [(run.table.records[i], run.table.hidden(i, picked)) for i in indices]
+    samples = [(run.table.records[i], _finite(run, i, run.table.hidden(i, picked))) for i in indices]
     return build_batch(samples, list(range(len(layers))), len(layers), run.config.tokens_per_batch)
+
+
+def _finite(run: Run, index: int, hidden: torch.Tensor) -> torch.Tensor:
+    """A record's hidden states, refused when any value is inf or NaN (they would train a NaN draft)."""
+    if not bool(torch.isfinite(hidden).all()):
+        bad = hidden.numel() - int(torch.isfinite(hidden).sum())
+        raise SpecError(f"{run.config.data}: record {run.table.records[index]['id']}: {bad} hidden-state values are inf or NaN; recapture it (spec-gen-hidden refuses such values now)")
+    return hidden
 
 
 @torch.no_grad()
 def validate(run: Run, session: Session) -> dict:
     """Metrics on the held-out records (this rank's share, summed over ranks); epoch train metrics if none."""
-    config, topology, progress = run.config, run.topology, session.progress
+    config, progress = run.config, session.progress
     if not run.val_indices:
         counts, source = dict(progress.epoch_counts), "train"
     else:
         counts, source = _validation_counts(run, session), "validation"
-    return {"kind": "val", "source": source, "step": progress.step, "epoch": progress.epoch,
-            **run.algorithm.step_metrics(counts, config.draft)}  # fmt: skip
+    metrics = {"kind": "val", "source": source, "step": progress.step, "epoch": progress.epoch,
+               **run.algorithm.step_metrics(counts, config.draft)}  # fmt: skip
+    if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+        raise SpecError(f"{config.data}: {source} metrics are not finite at step {progress.step} (loss {metrics.get('loss')}); no checkpoint was written from them")
+    return metrics
 
 
 def _validation_counts(run: Run, session: Session) -> dict:
@@ -229,6 +258,8 @@ def save(run: Run, session: Session, name: str, validation: dict | None, emit: E
     if topology.is_main:
         outputs.save_checkpoint(out, name, run.draft_config, model_state, progress, validation, config.save_dtype)
         outputs.save_state(out, model_state, optimizer_state, progress)
+        deleted = outputs.prune_checkpoints(out, config.keep or None, progress.best)
+        session.checkpoints = [path for path in session.checkpoints if Path(path).name not in deleted]
     distributed.barrier(topology)
     emit("checkpoint", {"path": str(out / name), "step": progress.step, "best": progress.best})
     session.checkpoints.append(str(out / name))

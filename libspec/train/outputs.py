@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -70,8 +71,17 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the state we resume from (they will be written again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text("utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text("utf-8", errors="replace").splitlines() if (_step_of(line) or step + 1) <= step]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics line; None for a line torn by a crash mid-write (it is dropped)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def log_metrics(out: Path, metrics: dict, topology: distributed.Topology) -> None:
@@ -104,6 +114,29 @@ def save_checkpoint(out: Path, name: str, draft_config: dict, model_state: dict,
         progress.best = {"checkpoint": name, "metric": "tau_sim", "value": validation["tau_sim"],
                          "loss": validation["loss"], "source": validation["source"], "epoch": validation["epoch"], "step": progress.step}  # fmt: skip
         point_best(out, name, progress.best)
+
+
+def prune_checkpoints(out: Path, keep: int | None, best: dict | None) -> list[str]:
+    """Delete all but the newest `keep` checkpoints (and the best one); returns what was deleted.
+
+    Runs after the new checkpoint and the training state are on disk, so a crash here loses nothing.
+    """
+    if keep is None:
+        return []
+    found = sorted((_checkpoint_step(path), path.stat().st_mtime_ns, path) for path in out.glob("checkpoint-*") if path.is_dir() and not path.is_symlink())
+    protected = {best["checkpoint"]} if best else set()
+    doomed = [path for _, _, path in found[: max(0, len(found) - keep)] if path.name not in protected]
+    for path in doomed:
+        shutil.rmtree(path)
+    return [path.name for path in doomed]
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was written at (recorded in its config.json)."""
+    try:
+        return int(json.loads((path / "config.json").read_text("utf-8"))["spec_tools"]["training"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1  # not one of ours, or unreadable: oldest first
 
 
 def save_state(out: Path, model_state: dict, optimizer_state: dict, progress: Progress) -> None:
