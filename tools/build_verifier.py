@@ -22,6 +22,7 @@ from rich.progress import (  # noqa: E402
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from libspec import cpu  # noqa: E402
 from libspec.demo import tiny_verifier  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout  # noqa: E402
 
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_freed_memory()
     with _progress_bar() as show:
         folder = tiny_verifier.build_verifier(args.preset, args.cache_dir, args.force, on_progress=show)
+    if not args.json:
+        threads = tiny_verifier.PRESETS[args.preset].threads
+        stderr.print(f"{cpu.describe(threads)} (part of the cache key: {folder.name})", style="dim")
     if args.json:
         recipe = json.loads((folder / "recipe.json").read_text())
         print_json({"path": str(folder), "recipe": recipe})

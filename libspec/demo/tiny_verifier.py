@@ -36,6 +36,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from libspec.format.atomic import fsync_dir
+from libspec import cpu
 from libspec.errors import SpecError
 
 EOS_TOKEN, IM_START, IM_END, PAD_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"
@@ -156,7 +157,7 @@ def corpus_split(preset: VerifierPreset | str = "full") -> CorpusSplit:
 
 
 def recipe_hash(preset: VerifierPreset | str, split: CorpusSplit | None = None) -> str:
-    """Hash of the preset, this module's source and the corpus contents: the cache key.
+    """Hash of the preset, the precision this CPU trains in, this module's source and the corpus contents: the cache key.
 
     Contents rather than mtimes: identical Python installs have different mtimes but build identical
     weights, and hashing ~30 MB costs well under a second next to a build of minutes.
@@ -165,6 +166,7 @@ def recipe_hash(preset: VerifierPreset | str, split: CorpusSplit | None = None) 
     split = split or corpus_split(preset)
     digest = hashlib.sha256()
     digest.update(json.dumps(dataclasses.asdict(preset), sort_keys=True).encode())
+    digest.update(cpu.training_precision(preset.threads).encode())  # bf16 and fp32 builds differ
     digest.update(Path(__file__).read_bytes())
     for kind, files in (("train", split.train), ("validation", split.validation)):
         for path in files:
@@ -238,9 +240,10 @@ def _build_into(work: Path, preset: VerifierPreset, split: CorpusSplit, key: str
         tokenizer, train_rows, val_rows, chat_share = _prepare_data(preset, split, report)
         torch.manual_seed(preset.seed)
         model = LlamaForCausalLM(_model_config(preset, tokenizer))
-        train_loss = _train(model, train_rows, preset, report)
+        precision = cpu.training_precision(preset.threads)
+        train_loss = _train(model, train_rows, preset, precision, report)
         report(BuildProgress("validate"))
-        val_loss = _mean_loss(model, val_rows, preset.batch_size)
+        val_loss = _mean_loss(model, val_rows, preset.batch_size, precision)
     report(BuildProgress("save"))
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
@@ -260,6 +263,8 @@ def _build_into(work: Path, preset: VerifierPreset, split: CorpusSplit, key: str
         "validation_tokens": val_rows.numel() - len(val_rows),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "threads": preset.threads,
+        "precision": precision,
+        "bf16_speedup_measured": round(cpu.bf16_speedup(preset.threads), 2),
         "corpus": {"root": str(split.root), "train_files": len(split.train), "validation_files": len(split.validation)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
@@ -407,7 +412,7 @@ def _lr_at(step: int, preset: VerifierPreset) -> float:
     return preset.peak_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _train(model: LlamaForCausalLM, rows: torch.Tensor, preset: VerifierPreset, report: ProgressCallback) -> float:
+def _train(model: LlamaForCausalLM, rows: torch.Tensor, preset: VerifierPreset, precision: str, report: ProgressCallback) -> float:
     """AdamW with warmup + cosine; returns the mean loss of the last 10% of steps."""
     decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on norm gains
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -420,7 +425,7 @@ def _train(model: LlamaForCausalLM, rows: torch.Tensor, preset: VerifierPreset, 
     for step, batch in enumerate(rows.split(preset.batch_size)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, preset)
-        loss = _batch_loss(model, batch)
+        loss = _batch_loss(model, batch, precision)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
         optimizer.step()
@@ -433,16 +438,16 @@ def _train(model: LlamaForCausalLM, rows: torch.Tensor, preset: VerifierPreset, 
     return sum(tail) / len(tail)
 
 
-def _batch_loss(model: LlamaForCausalLM, batch: torch.Tensor) -> torch.Tensor:
-    # bf16 autocast is about twice fp32 speed on CPU; autocast runs cross_entropy in fp32.
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def _batch_loss(model: LlamaForCausalLM, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    # bf16 autocast only where this CPU runs bf16 fast (libspec/cpu.py); it keeps cross_entropy in fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
         logits = model(input_ids=batch[:, :-1]).logits
         return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
 
 
 @torch.no_grad()
-def _mean_loss(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int) -> float:
-    losses = [_batch_loss(model, batch).item() for batch in rows.split(batch_size)]
+def _mean_loss(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int, precision: str) -> float:
+    losses = [_batch_loss(model, batch, precision).item() for batch in rows.split(batch_size)]
     return sum(losses) / len(losses)
 
 
