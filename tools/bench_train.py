@@ -130,9 +130,9 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
 @torch.no_grad()
 def measure_tau(model, proposer, prompts: list[list[int]], k: int, max_new_tokens: int, eos_ids: set[int], temperature: float = 0.0) -> dict:
     """tau and per-position acceptance of a proposer over prompts, from the accepted-drafts histogram."""
-    from libspec.bench.decoding import Verifier, speculative_generate
+    from libspec.bench.decoding import DecodingVerifier, speculative_generate
 
-    verifier = Verifier(model, proposer.aux_layer_ids)
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids)
     generator = torch.Generator().manual_seed(0)
     histogram = [0] * (k + 1)
     for prompt in prompts:
@@ -256,7 +256,7 @@ def small_verifier() -> Path:
 
 
 def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, env: dict) -> Path:
-    from libspec.fingerprint import fingerprint_verifier
+    from libspec.verifier import fingerprint_verifier
 
     key = f"{fingerprint_verifier(str(verifier_dir)).config_sha256[:12]}-corpus-{samples}-{seed}{'-regen' if regenerate else ''}"
     out = CACHE / "bench-train-data" / key
@@ -271,7 +271,7 @@ def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args)
     from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
     from libspec.train.loop import TrainConfig, build_draft, prepare
 
-    from libspec.models import load_causal_lm
+    from libspec.verifier import load_causal_lm
     from libspec.bench.prompts import encode_prompt
 
     model = load_causal_lm(str(verifier_dir), torch.device("cpu"), torch.float32)

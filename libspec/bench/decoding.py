@@ -47,7 +47,7 @@ class _Phase:
         self.timer.calls[self.phase] = self.timer.calls.get(self.phase, 0) + 1
 
 
-class Verifier:
+class DecodingVerifier:
     """An HF causal LM with a KV cache that also returns the hidden states at given layer ids.
 
     Layer id k (SPEC.md §4) is captured as the input of decoder layer k, and id n as the input of
@@ -147,7 +147,7 @@ def _sample(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor
 
 
 def autoregressive_generate(
-    verifier: Verifier,
+    verifier: DecodingVerifier,
     prompt: torch.Tensor,
     max_new_tokens: int,
     eos_ids: set[int],
@@ -175,7 +175,7 @@ def autoregressive_generate(
 
 
 def speculative_generate(
-    verifier: Verifier,
+    verifier: DecodingVerifier,
     proposer: Proposer,
     prompt: torch.Tensor,
     k: int,

@@ -15,7 +15,7 @@ from pathlib import Path
 from libspec.format import checkpoint as ckpt
 from libspec.bench.measure import best_k, derive
 from libspec.errors import SpecError
-from libspec.fingerprint import VerifierFingerprint, fingerprint_differences
+from libspec.verifier import VerifierFingerprint, fingerprint_differences
 from libspec.format.schemas import schema_problems
 
 

@@ -53,7 +53,7 @@ from libspec.capture.inputs import Example, RawItem, count_items, describe_input
 from libspec.capture.regenerate import Regenerated, Regenerator, SamplingOptions
 from libspec.format.sample import make_header
 from libspec.format.tensors import STORAGE_DTYPES
-from libspec.verifier_model import LoadedVerifier, load_model, load_verifier
+from libspec.verifier import LoadedVerifier, load_model, load_verifier
 
 TOOL = "spec-gen-hidden"
 BACKENDS = ("hf", "vllm")

@@ -20,15 +20,14 @@ from libspec.convert.common import (
     Conversion,
     ConvertOptions,
     Decision,
-    Verifier,
     choose,
     dtype_name,
     float_dtype,
     spec_tools_record,
     t2d_from_d2t,
     unify_float_dtype,
-    verifier_tensor,
 )
+from libspec.verifier import VerifierConfig, verifier_tensor
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
@@ -66,7 +65,7 @@ def default_aux(num_layers: int) -> tuple[int, ...]:
 def build_eagle3(
     source: Source,
     tensors: dict[str, torch.Tensor],
-    verifier: Verifier,
+    verifier: VerifierConfig,
     options: ConvertOptions,
     format_name: str,
     facts: Eagle3Facts,
@@ -118,7 +117,7 @@ def build_eagle3(
     return conversion
 
 
-def _borrow_lm_head(tensors, verifier: Verifier, decisions, where: str) -> None:
+def _borrow_lm_head(tensors, verifier: VerifierConfig, decisions, where: str) -> None:
     """A full-vocabulary source may leave lm_head to the verifier; our format stores it (SPEC.md §11.2)."""
     if "lm_head.weight" in tensors or "d2t" in tensors:
         return

@@ -16,7 +16,8 @@ single norm, which is what this converter reproduces.)
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, layer_facts
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.safeailab_eagle3 import rename
@@ -41,7 +42,7 @@ def modelopt_default_aux(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(i + 1 for i in {1, max(0, num_layers // 2 - 1), max(0, num_layers - 4)}))
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """ModelOpt export -> ours: layer ids +1, t2d derived from d2t."""
     eagle_config = source.config["eagle_config"]
     where = source.config_path

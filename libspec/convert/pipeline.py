@@ -13,11 +13,12 @@ from libspec.format import checkpoint as ckpt
 from libspec.format.atomic import atomic_directory
 from libspec.algorithms import algorithm_for
 from libspec.convert.check import numeric_check
-from libspec.convert.common import ConvertOptions, load_verifier
+from libspec.convert.common import ConvertOptions
 from libspec.convert.detect import detect_format, resolve_format
 from libspec.convert.source import load_source, looks_like_hub_id
 from libspec.errors import SpecError
 from libspec.validate.artifacts import validate
+from libspec.verifier import read_verifier_config
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     progress("reading the source")
     source = load_source(request.input, request.config_path)
     name, module = resolve_format(request.source_format) if request.source_format else detect_format(source)
-    verifier = load_verifier(request.verifier)
+    verifier = read_verifier_config(request.verifier)
     progress(f"converting ({name})")
     conversion = module.convert(source, verifier, request.options, name)
     algorithm = algorithm_for(conversion.algorithm)

@@ -9,7 +9,8 @@ state as layer 0's residual, and feeds the pre-norm output back to the next step
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
@@ -31,7 +32,7 @@ def rename(name: str) -> str:
     return "layers.0." + name.removeprefix("midlayer.") if name.startswith("midlayer.") else name
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """SafeAILab names -> ours; the source records no layer ids, norm flags or drafting depth."""
     n = verifier.lm["num_hidden_layers"]
     facts = Eagle3Facts(

@@ -13,7 +13,8 @@ adds `embed_tokens`) with a `LlamaForCausalLMEagle3` config that may add:
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.safeailab_eagle3 import rename
@@ -35,7 +36,7 @@ def matches(source: Source) -> bool:
     return source.any_prefix("midlayer.") and source.has("fc.weight") and "speculators_config" not in source.config and has_specforge_marks(source)
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """SpecForge names and conventions -> ours (layer ids +1, norm_output reinterpreted)."""
     config = source.config
     if config.get("norm_output") is False:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 
 from libspec.algorithms.eagle3.config import rope_parameters
-from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision, Verifier
+from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision
+from libspec.verifier import VerifierConfig
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux
 from libspec.convert.reference import Eagle3Layout, EagleLayout
 from libspec.convert.safeailab_eagle import build_eagle
@@ -58,7 +59,7 @@ def matches(source: Source) -> bool:
     return "speculators_config" in config and config.get("speculators_model_type") in ("eagle3", "eagle") and bool(legacy_marks(config))
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     config = source.config
     tokens = ((config.get("speculators_config") or {}).get("proposal_methods") or [{}])[0].get("speculative_tokens")
     tl = config.get("transformer_layer_config")

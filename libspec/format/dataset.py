@@ -16,7 +16,7 @@ import torch
 from libspec.format.atomic import write_text_atomic
 from libspec.format.digest import FileDigest, check_digest, digest_file, sha256_text
 from libspec.errors import SpecError, where
-from libspec.fingerprint import VerifierFingerprint
+from libspec.verifier import VerifierFingerprint
 from libspec.format.records import check_record, read_record_shard, write_record_shard
 from libspec.format.sample import Sample, header_of, header_problems
 from libspec.format.schemas import check_schema

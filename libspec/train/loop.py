@@ -36,7 +36,7 @@ from libspec.algorithms.eagle3.train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS, 
 from libspec.format.atomic import write_text_atomic
 from libspec.format.checkpoint import write_checkpoint
 from libspec.errors import SpecError
-from libspec.fingerprint import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
+from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
 from libspec.train.packing import PackedBatch, build_batch, is_validation_record, num_queries, plan_epoch
 from libspec.format.sample_table import SampleTable, open_sample_table
 from libspec.train.teacher import VerifierHead, load_verifier_head

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from libspec.errors import SpecError
-from libspec.fingerprint import resolve_model_dir
+from libspec.verifier import resolve_model_dir
 
 # Names HF decoder families give the norm after the last layer (Llama/Qwen/Gemma/Mistral, Phi, GPT-2/Falcon).
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "norm_f")
