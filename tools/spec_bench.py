@@ -133,7 +133,7 @@ def _speculator_info(path: str) -> dict:
         "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
         "draft_layers": tl.get("num_hidden_layers"),
         "draft_vocab_size": config.get("draft_vocab_size"),
-        "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
+        "speculative_tokens": ckpt.speculative_tokens(config),
         # The weights' own identity: spec-push refuses numbers measured on other weights.
         "weight_files": ckpt.weight_checksums(path),
     }

@@ -249,7 +249,7 @@ def load_engine(config: ServerConfig) -> Engine:
     proposer, k = None, None
     if config.speculator:
         proposer = load_proposer(config.speculator, model)
-        k = config.k or ckpt.read_config(config.speculator)["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
+        k = config.k or ckpt.speculative_tokens(ckpt.read_config(config.speculator))
     verifier = DecodingVerifier(model, proposer.aux_layer_ids if proposer else [])
     info = {"verifier": config.verifier, "speculator": config.speculator, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
     engine = Engine(verifier, tokenizer, eos_token_ids(model, tokenizer), config.served_model_name or config.verifier, proposer, k, info)
