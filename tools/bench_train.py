@@ -29,6 +29,7 @@ from typing import Iterator
 import torch
 
 from libspec.train.packing import PackedBatch
+from libspec.format.json_files import read_json_object
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_TOOLS_CACHE", Path.home() / ".cache" / "spec-tools"))
@@ -114,7 +115,7 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
     saved = None if output is None else output / "result.json"
     if saved is not None and saved.is_file():
         _say(f"reusing {saved}")
-        return json.loads(saved.read_text())
+        return read_json_object(saved)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench-train: {' '.join(command[:3])} failed:\n{result.stderr[-4000:]}")
@@ -260,7 +261,7 @@ def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, 
 
     key = f"{fingerprint_verifier(str(verifier_dir)).config_sha256[:12]}-corpus-{samples}-{seed}{'-regen' if regenerate else ''}"
     out = CACHE / "bench-train-data" / key
-    if not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text())["complete"]:
+    if not (out / "manifest.json").is_file() or not read_json_object(out / "manifest.json")["complete"]:
         build_data(verifier_dir, out, samples, seed, regenerate, env)
     return out
 

@@ -23,6 +23,7 @@ from rich.progress import (  # noqa: E402
 )
 
 from libspec.demo import tiny_verifier  # noqa: E402
+from libspec.format.json_files import read_json_object  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _progress_bar() as show:
         folder = tiny_verifier.build_verifier(args.preset, args.cache_dir, args.force, on_progress=show)
     if args.json:
-        recipe = json.loads((folder / "recipe.json").read_text())
+        recipe = read_json_object(folder / "recipe.json")
         print_json({"path": str(folder), "recipe": recipe})
     else:
         stdout.print(str(folder), soft_wrap=True)

@@ -35,6 +35,7 @@ from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.eagle3.train import LOSSES, TTT_INPUTS, TTT_WEIGHTINGS, Eagle3Objective, TTTOptions, derive_metrics
 from libspec.format.atomic import write_text_atomic
 from libspec.format.checkpoint import write_checkpoint
+from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError
 from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
 from libspec.train.packing import PackedBatch, build_batch, is_validation_record, num_queries, plan_epoch
@@ -488,7 +489,7 @@ def _claim_output(out: Path, run: Run) -> None:
     record = {"config": run.config.to_dict(), "dataset_fingerprint": run.table.fingerprint, "spec_tools": libspec.__version__}
     run_file = out / RUN_FILE
     if run_file.is_file():
-        previous = json.loads(run_file.read_text("utf-8"))
+        previous = read_json_object(run_file)
         changed = _differences(previous, record)
         if changed:
             raise SpecError(f"{out}: holds a run made with a different command ({'; '.join(changed)}); rerun it unchanged to resume, or choose another -o")
