@@ -57,6 +57,11 @@ class Eagle3Facts:
     layer: dict = field(default_factory=dict)  # num_attention_heads, rms_norm_eps, rope_parameters, max_position_embeddings, hidden_act
 
 
+def rename_midlayer(name: str) -> str:
+    """SafeAILab, SpecForge and ModelOpt call the draft's one decoder layer midlayer.*; ours is layers.0.*."""
+    return "layers.0." + name.removeprefix("midlayer.") if name.startswith("midlayer.") else name
+
+
 def default_aux(num_layers: int) -> tuple[int, ...]:
     """EAGLE-3's [2, n//2, n-3] as the reference code captures them (no clamping)."""
     return (2, num_layers // 2, num_layers - 3)
