@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 import torch
 from transformers import DynamicCache
 
+from libspec.algorithms.sampling import temperature_probs
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _extend(tokens: list[int], new: list[int], max_new_tokens: int, eos_ids: set
 def _sample(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(dim=-1)
-    return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[..., 0]
+    return torch.multinomial(temperature_probs(logits, temperature), 1, generator=generator)[..., 0]
 
 
 def autoregressive_generate(
@@ -230,7 +231,7 @@ def _accept(drafts, draft_probs, logits, temperature, generator) -> tuple[int, t
         matches = (choices[:k] == drafts).long()
         accepted = int(matches.cumprod(0).sum())
         return accepted, choices[accepted]
-    target = torch.softmax(logits / temperature, dim=-1)  # [k+1, V]
+    target = temperature_probs(logits, temperature)  # [k+1, V]
     for i in range(k):
         p, q = target[i, drafts[i]], draft_probs[i, drafts[i]]
         if torch.rand((), generator=generator, device=p.device) * q <= p:  # u < p/q without dividing
