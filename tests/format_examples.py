@@ -19,7 +19,7 @@ from conftest import random_checkpoint_tensors, random_samples, write_fake_verif
 from libspec.format import checkpoint as ckpt  # noqa: E402
 from libspec.algorithms.eagle3 import config as eagle3  # noqa: E402
 from libspec.format.dataset import DatasetWriter  # noqa: E402
-from libspec.fingerprint import fingerprint_verifier  # noqa: E402
+from libspec.verifier import fingerprint_verifier  # noqa: E402
 from libspec.format.sample import make_header  # noqa: E402
 from libspec.format.stream import StreamReader, StreamWriter  # noqa: E402
 

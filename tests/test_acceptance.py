@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_LLAMA
 from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
-from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import DecodingVerifier, autoregressive_generate, speculative_generate
 from libspec.train.config import TrainConfig
 from libspec.train.loop import build_draft, prepare, train
 from verifier_data import greedy_records, load_verifier, make_dataset, make_verifier
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 
 
 def tau(model, proposer, prompts, k=3, new_tokens=24) -> tuple[float, list[list[int]]]:
-    verifier = Verifier(model, proposer.aux_layer_ids)
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids)
     accepted, rounds, outputs = 0, 0, []
     for prompt in prompts:
         generation = speculative_generate(verifier, proposer, torch.tensor(prompt), k, new_tokens, set())
@@ -47,5 +47,5 @@ def test_training_raises_acceptance_on_held_out_prompts(trained):
     tau_untrained, _ = tau(model, untrained, prompts)
     tau_trained, outputs = tau(model, load_proposer(run / "best", model), prompts)
     assert tau_trained > tau_untrained + 0.05, (tau_untrained, tau_trained)
-    plain = Verifier(model)
+    plain = DecodingVerifier(model)
     assert outputs == [autoregressive_generate(plain, torch.tensor(p), 24, set()).tokens for p in prompts]

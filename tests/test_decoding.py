@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import TINY_LLAMA
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.algorithms.eagle3.model import Eagle3Draft, Eagle3Proposer
-from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import DecodingVerifier, autoregressive_generate, speculative_generate
 
 
 def tiny_verifier(seed=0, **changes) -> LlamaForCausalLM:
@@ -52,7 +52,7 @@ PROMPTS = [torch.tensor([1, 5, 9, 2]), torch.tensor([7]), torch.tensor([3, 3, 3,
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("wrong_every", [2, 3, 7, 1000])
 def test_greedy_output_is_the_verifiers_own_for_any_acceptance_pattern(k, wrong_every):
-    verifier = Verifier(tiny_verifier())
+    verifier = DecodingVerifier(tiny_verifier())
     for prompt in PROMPTS:
         reference = autoregressive_generate(verifier, prompt, 40, eos_ids=set()).tokens
         proposer = OracleProposer(reference, wrong_every, vocab=64)
@@ -65,7 +65,7 @@ def test_greedy_output_is_the_verifiers_own_for_any_acceptance_pattern(k, wrong_
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 4, 9])
 def test_budget_edges(max_new_tokens):
-    verifier = Verifier(tiny_verifier())
+    verifier = DecodingVerifier(tiny_verifier())
     prompt = PROMPTS[0]
     reference = autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids=set()).tokens
     assert len(reference) == max_new_tokens
@@ -74,7 +74,7 @@ def test_budget_edges(max_new_tokens):
 
 
 def test_eos_inside_a_draft_stops_where_the_verifier_stops():
-    verifier = Verifier(tiny_verifier())
+    verifier = DecodingVerifier(tiny_verifier())
     prompt = PROMPTS[0]
     full = autoregressive_generate(verifier, prompt, 30, eos_ids=set()).tokens
     eos = full[6]  # a token the verifier emits mid-sequence: treat it as end of sequence
@@ -94,7 +94,7 @@ def test_eagle3_proposer_is_lossless_with_an_untrained_draft(draft_changes):
     if draft.d2t is not None:
         draft.d2t.copy_(torch.arange(32) * 2 - torch.arange(32))  # even verifier ids
     draft.embed_tokens.weight.data.copy_(model.get_input_embeddings().weight)
-    verifier = Verifier(model, layer_ids=[1, 2, 4])
+    verifier = DecodingVerifier(model, layer_ids=[1, 2, 4])
     proposer = Eagle3Proposer(draft, [1, 2, 4])
     for prompt in PROMPTS:
         reference = autoregressive_generate(verifier, prompt, 25, eos_ids=set()).tokens
@@ -104,7 +104,7 @@ def test_eagle3_proposer_is_lossless_with_an_untrained_draft(draft_changes):
 
 def test_verifier_captures_layer_ids_by_the_spec_convention():
     model = tiny_verifier()
-    verifier = Verifier(model, layer_ids=[0, 2, 4])
+    verifier = DecodingVerifier(model, layer_ids=[0, 2, 4])
     prompt = PROMPTS[0]
     _, aux = verifier.forward(prompt)
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_speculative_sampling_preserves_the_verifier_distribution(monkeypatch):
     model = tiny_verifier(seed=1, vocab_size=8)
     with torch.no_grad():
         model.lm_head.weight.mul_(0.05)  # back to moderate entropy over 8 tokens
-    verifier, prompt = Verifier(model), torch.tensor([1, 2, 3])
+    verifier, prompt = DecodingVerifier(model), torch.tensor([1, 2, 3])
     q = torch.tensor([0.4, 0.3, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03])
     expected = exact_pairs(model, prompt).flatten()
     counts = sampled_pairs(verifier, FixedDraftProposer(q), prompt, 2000, seed=0).flatten()

@@ -13,7 +13,7 @@ from conftest import random_samples
 from libspec.format.sample_io import create_sink, open_data
 from libspec.format.dataset import MANIFEST, Dataset, DatasetWriter, read_manifest
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_verifier
+from libspec.verifier import fingerprint_verifier
 from libspec.format.records import decode_records, encode_records, read_record_shard
 from libspec.format.sample import make_header
 from libspec.format.schemas import schema_problems

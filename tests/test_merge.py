@@ -8,7 +8,7 @@ from conftest import random_samples
 
 from libspec.format.dataset import Dataset, DatasetWriter
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_verifier
+from libspec.verifier import fingerprint_verifier
 from libspec.capture.merge import merge_datasets
 from libspec.format.sample import make_header
 from libspec.validate.artifacts import validate

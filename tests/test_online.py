@@ -20,9 +20,9 @@ from conftest import TINY_LLAMA, random_checkpoint_tensors
 from libspec.format import checkpoint as ckpt
 from libspec.bench import metrics_page as sdm
 from libspec.algorithms.eagle3 import config as eagle3
-from libspec.bench.decoding import Verifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import DecodingVerifier, autoregressive_generate, speculative_generate
 from libspec.errors import SpecError
-from libspec.models import eos_token_ids
+from libspec.verifier import eos_token_ids
 from libspec.bench.online import OnlineSettings, _data_source, derive_row, endpoint_flags, find_guidellm, replay_steps
 from libspec.bench.server import ServerConfig, TextStream, load_engine, make_server
 from libspec.bench.prompts import encode_prompt
@@ -103,7 +103,7 @@ def post_stream(url: str, body: dict) -> list:
 def offline(tiny, item: dict, speculative: bool, max_tokens: int, temperature: float = 0.0, seed: int | None = None, ignore_eos=False):
     """What the offline engine generates for a prompt item: (Generation, tokenizer, eos ids)."""
     from libspec.algorithms import load_proposer
-    from libspec.models import load_causal_lm, load_tokenizer
+    from libspec.verifier import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(str(tiny / "verifier"), torch.device("cpu"), torch.float32)
     tokenizer = load_tokenizer(str(tiny / "verifier"))
@@ -111,9 +111,9 @@ def offline(tiny, item: dict, speculative: bool, max_tokens: int, temperature: f
     prompt = encode_prompt(tokenizer, item)
     eos = set() if ignore_eos else eos_token_ids(model, tokenizer)
     if not speculative:
-        return autoregressive_generate(Verifier(model), prompt, max_tokens, eos, temperature, generator), tokenizer, eos
+        return autoregressive_generate(DecodingVerifier(model), prompt, max_tokens, eos, temperature, generator), tokenizer, eos
     proposer = load_proposer(str(tiny / "draft"), model)
-    verifier = Verifier(model, proposer.aux_layer_ids)
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids)
     return speculative_generate(verifier, proposer, prompt, K, max_tokens, eos, temperature, generator), tokenizer, eos
 
 

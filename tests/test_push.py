@@ -25,7 +25,7 @@ from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.measure import derive
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_verifier
+from libspec.verifier import fingerprint_verifier
 from libspec.publish.model_card import number
 from libspec.publish.push import PushOptions, plan_push, write_folder
 from libspec.validate.artifacts import validate

@@ -11,7 +11,7 @@ import torch
 
 from conftest import random_samples
 from libspec.format.dataset import MANIFEST, DatasetWriter
-from libspec.fingerprint import fingerprint_verifier
+from libspec.verifier import fingerprint_verifier
 from libspec.format.records import encode_records, decode_records
 from libspec.format.digest import digest_bytes
 from libspec.format.sample import make_header

@@ -125,7 +125,7 @@ def write_chat_verifier(directory: Path, template: str = "chatml", model_type: s
 
 def loaded_verifier(directory: Path):
     """A verifier folder loaded for capture on the CPU in float32."""
-    from libspec.verifier_model import load_model, load_verifier
+    from libspec.verifier import load_model, load_verifier
 
     verifier = load_verifier(str(directory))
     load_model(verifier, "cpu", "float32")

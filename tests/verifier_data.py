@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 from conftest import TINY_LLAMA, write_fake_verifier
 from libspec.format.dataset import DatasetWriter
-from libspec.fingerprint import fingerprint_verifier
+from libspec.verifier import fingerprint_verifier
 from libspec.format.sample import make_header
 
 

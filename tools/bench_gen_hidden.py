@@ -37,7 +37,7 @@ from libspec.capture.hooks import BatchLimits, plan_batches  # noqa: E402
 from libspec.demo.corpus import CorpusOptions, write_corpus_conversations  # noqa: E402
 from libspec.format.dataset import Dataset  # noqa: E402
 from libspec.capture.gen_hidden import GenHiddenConfig, generate_hidden_states  # noqa: E402
-from libspec.verifier_model import load_model, load_verifier  # noqa: E402
+from libspec.verifier import load_model, load_verifier  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stdout  # noqa: E402
 
 

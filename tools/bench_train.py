@@ -29,6 +29,7 @@ from typing import Iterator
 import torch
 
 from libspec.train.packing import PackedBatch
+from libspec.format.json_files import read_json_object
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_TOOLS_CACHE", Path.home() / ".cache" / "spec-tools"))
@@ -115,7 +116,7 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
     saved = None if output is None else output / "result.json"
     if saved is not None and saved.is_file():
         _say(f"reusing {saved}")
-        return json.loads(saved.read_text())
+        return read_json_object(saved)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench-train: {' '.join(command[:3])} failed:\n{result.stderr[-4000:]}")
@@ -131,9 +132,9 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
 @torch.no_grad()
 def measure_tau(model, proposer, prompts: list[list[int]], k: int, max_new_tokens: int, eos_ids: set[int], temperature: float = 0.0) -> dict:
     """tau and per-position acceptance of a proposer over prompts, from the accepted-drafts histogram."""
-    from libspec.bench.decoding import Verifier, speculative_generate
+    from libspec.bench.decoding import DecodingVerifier, speculative_generate
 
-    verifier = Verifier(model, proposer.aux_layer_ids)
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids)
     generator = torch.Generator().manual_seed(0)
     histogram = [0] * (k + 1)
     for prompt in prompts:
@@ -257,11 +258,11 @@ def small_verifier() -> Path:
 
 
 def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, env: dict) -> Path:
-    from libspec.fingerprint import fingerprint_verifier
+    from libspec.verifier import fingerprint_verifier
 
     key = f"{fingerprint_verifier(str(verifier_dir)).config_sha256[:12]}-corpus-{samples}-{seed}{'-regen' if regenerate else ''}"
     out = CACHE / "bench-train-data" / key
-    if not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text())["complete"]:
+    if not (out / "manifest.json").is_file() or not read_json_object(out / "manifest.json")["complete"]:
         build_data(verifier_dir, out, samples, seed, regenerate, env)
     return out
 
@@ -273,7 +274,7 @@ def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args)
     from libspec.train.config import TrainConfig
     from libspec.train.loop import build_draft, prepare
 
-    from libspec.models import load_causal_lm
+    from libspec.verifier import load_causal_lm
     from libspec.bench.prompts import encode_prompt
 
     model = load_causal_lm(str(verifier_dir), torch.device("cpu"), torch.float32)

@@ -24,6 +24,7 @@ from rich.progress import (  # noqa: E402
 
 from libspec import cpu  # noqa: E402
 from libspec.demo import tiny_verifier  # noqa: E402
+from libspec.format.json_files import read_json_object  # noqa: E402
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = tiny_verifier.PRESETS[args.preset].threads
         stderr.print(f"{cpu.describe(threads)} (part of the cache key: {folder.name})", style="dim")
     if args.json:
-        recipe = json.loads((folder / "recipe.json").read_text())
+        recipe = read_json_object(folder / "recipe.json")
         print_json({"path": str(folder), "recipe": recipe})
     else:
         stdout.print(str(folder), soft_wrap=True)

@@ -17,10 +17,9 @@ from libspec.format import checkpoint as ckpt
 from libspec.algorithms import load_proposer
 from libspec.format.atomic import write_text_atomic
 from libspec.bench.measure import BenchSettings, bench_prompt_set, report_header
-from libspec.bench.decoding import Verifier
+from libspec.bench.decoding import DecodingVerifier
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_verifier
-from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from libspec.bench.prompts import load_prompt_set
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -100,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_causal_lm(args.verifier, device, dtype)
     tokenizer = load_tokenizer(args.verifier)
     proposer = load_proposer(args.speculator, model) if args.speculator else None
-    verifier = Verifier(model, proposer.aux_layer_ids if proposer else [])
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids if proposer else [])
     speculator_info = _speculator_info(args.speculator) if args.speculator else None
     command = shlex.join(["spec-bench", *(sys.argv[1:] if argv is None else argv)])
     report = report_header(settings, device, dtype, fingerprint_verifier(args.verifier).to_dict(), speculator_info, command)
@@ -134,7 +133,7 @@ def _speculator_info(path: str) -> dict:
         "aux_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
         "draft_layers": tl.get("num_hidden_layers"),
         "draft_vocab_size": config.get("draft_vocab_size"),
-        "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
+        "speculative_tokens": ckpt.speculative_tokens(config),
         # The weights' own identity: spec-push refuses numbers measured on other weights.
         "weight_files": ckpt.weight_checksums(path),
     }

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 import torch
 from transformers import DynamicCache
 
+from libspec.algorithms.sampling import temperature_probs
 
 
 @dataclass
@@ -47,7 +48,7 @@ class _Phase:
         self.timer.calls[self.phase] = self.timer.calls.get(self.phase, 0) + 1
 
 
-class Verifier:
+class DecodingVerifier:
     """An HF causal LM with a KV cache that also returns the hidden states at given layer ids.
 
     Layer id k (SPEC.md §4) is captured as the input of decoder layer k, and id n as the input of
@@ -143,11 +144,11 @@ def _extend(tokens: list[int], new: list[int], max_new_tokens: int, eos_ids: set
 def _sample(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(dim=-1)
-    return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[..., 0]
+    return torch.multinomial(temperature_probs(logits, temperature), 1, generator=generator)[..., 0]
 
 
 def autoregressive_generate(
-    verifier: Verifier,
+    verifier: DecodingVerifier,
     prompt: torch.Tensor,
     max_new_tokens: int,
     eos_ids: set[int],
@@ -175,7 +176,7 @@ def autoregressive_generate(
 
 
 def speculative_generate(
-    verifier: Verifier,
+    verifier: DecodingVerifier,
     proposer: Proposer,
     prompt: torch.Tensor,
     k: int,
@@ -230,7 +231,7 @@ def _accept(drafts, draft_probs, logits, temperature, generator) -> tuple[int, t
         matches = (choices[:k] == drafts).long()
         accepted = int(matches.cumprod(0).sum())
         return accepted, choices[accepted]
-    target = torch.softmax(logits / temperature, dim=-1)  # [k+1, V]
+    target = temperature_probs(logits, temperature)  # [k+1, V]
     for i in range(k):
         p, q = target[i, drafts[i]], draft_probs[i, drafts[i]]
         if torch.rand((), generator=generator, device=p.device) * q <= p:  # u < p/q without dividing

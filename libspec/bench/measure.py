@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 import libspec
-from libspec.bench.decoding import Generation, Proposer, Verifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, autoregressive_generate, speculative_generate
 from libspec.bench.prompts import PromptSet, encode_prompt
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
@@ -146,7 +146,7 @@ def best_k(rows: list[dict]) -> int | None:
 
 
 def bench_prompt_set(
-    verifier: Verifier,
+    verifier: DecodingVerifier,
     proposer: Proposer | None,
     tokenizer,
     prompt_set: PromptSet,

@@ -28,6 +28,7 @@ from typing import Callable
 import libspec
 from libspec.bench import metrics_page as sdm
 from libspec.format.atomic import write_text_atomic
+from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError
 from libspec.bench.prompts import load_prompt_set
 
@@ -187,10 +188,7 @@ def run_guidellm(executable: str, document: dict, workdir: Path, name: str) -> d
         tail = log_path.read_text(errors="replace").strip().splitlines()[-12:]
         detail = " | ".join(line.strip() for line in tail if line.strip())
         raise SpecError(f"guidellm run failed for {document['spec']['backend']['target']} (exit {status}; log {log_path}): {detail}")
-    try:
-        return json.loads(output.read_text())
-    except json.JSONDecodeError as error:
-        raise SpecError(f"{output}: guidellm wrote invalid JSON: {error}") from None
+    return read_json_object(output, expected="a guidellm report (a JSON object)")
 
 
 # ---------------------------------------------------------------------------------------------

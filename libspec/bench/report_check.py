@@ -8,28 +8,20 @@ and the same verifier.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from libspec.format import checkpoint as ckpt
 from libspec.bench.measure import best_k, derive
 from libspec.errors import SpecError
-from libspec.fingerprint import VerifierFingerprint, fingerprint_differences
+from libspec.verifier import VerifierFingerprint, fingerprint_differences
+from libspec.format.json_files import read_json_object
 from libspec.format.schemas import schema_problems
 
 
 def load_report(path: str | Path) -> dict:
     """Parse a bench report (one-line error if it is missing or not a JSON object)."""
-    try:
-        report = json.loads(Path(path).read_text("utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such bench report") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(report, dict):
-        raise SpecError(f"{path}: expected a spec-bench report (a JSON object)")
-    return report
+    return read_json_object(path, missing="no such bench report", expected="a spec-bench report (a JSON object)")
 
 
 def report_problems(report: dict) -> list[str]:

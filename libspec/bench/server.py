@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from libspec.bench import metrics_page as sdm
-from libspec.bench.decoding import Generation, Verifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import Generation, DecodingVerifier, autoregressive_generate, speculative_generate
 from libspec.errors import SpecError
 from libspec.bench.prompts import encode_prompt
 
@@ -127,7 +127,7 @@ class ServerStats:
 class Engine:
     """The verifier (and speculator) behind the server; generations run one at a time."""
 
-    def __init__(self, verifier: Verifier, tokenizer, eos_ids: set[int], model_name: str, proposer=None, k: int | None = None, info: dict | None = None):
+    def __init__(self, verifier: DecodingVerifier, tokenizer, eos_ids: set[int], model_name: str, proposer=None, k: int | None = None, info: dict | None = None):
         if proposer is not None and (k is None or k < 1):
             raise SpecError(f"k must be at least 1 with a speculator (got {k})")
         self.verifier, self.tokenizer, self.eos_ids = verifier, tokenizer, eos_ids
@@ -240,7 +240,7 @@ def load_engine(config: ServerConfig) -> Engine:
     """Load the verifier, its tokenizer and the speculator named in `config`, warmed up."""
     from libspec.format import checkpoint as ckpt
     from libspec.algorithms import load_proposer
-    from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+    from libspec.verifier import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
@@ -249,8 +249,8 @@ def load_engine(config: ServerConfig) -> Engine:
     proposer, k = None, None
     if config.speculator:
         proposer = load_proposer(config.speculator, model)
-        k = config.k or ckpt.read_config(config.speculator)["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
-    verifier = Verifier(model, proposer.aux_layer_ids if proposer else [])
+        k = config.k or ckpt.speculative_tokens(ckpt.read_config(config.speculator))
+    verifier = DecodingVerifier(model, proposer.aux_layer_ids if proposer else [])
     info = {"verifier": config.verifier, "speculator": config.speculator, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
     engine = Engine(verifier, tokenizer, eos_token_ids(model, tokenizer), config.served_model_name or config.verifier, proposer, k, info)
     engine.warm_up()

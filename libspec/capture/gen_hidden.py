@@ -48,7 +48,7 @@ from libspec.format.digest import sha256_text
 from libspec.format.sample import make_header
 from libspec.format.sample_io import SampleSink, create_sink
 from libspec.format.tensors import STORAGE_DTYPES
-from libspec.verifier_model import LoadedVerifier, load_model, load_verifier
+from libspec.verifier import LoadedVerifier, load_model, load_verifier
 
 TOOL = "spec-gen-hidden"
 BACKENDS = ("hf", "vllm")

@@ -17,7 +17,7 @@ from pathlib import Path
 from libspec.format.atomic import fsync_dir, write_text_atomic
 from libspec.format.dataset import MANIFEST, Dataset, shard_file_names
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_differences
+from libspec.verifier import fingerprint_differences
 from libspec.format.sample import header_of
 from libspec.format.schemas import check_schema
 

@@ -23,7 +23,7 @@ from libspec.capture.chat import (
 from libspec.capture.inputs import Example, RawItem, normalise
 from libspec.capture.regenerate import Regenerated, Regenerator
 from libspec.errors import SpecError
-from libspec.verifier_model import LoadedVerifier
+from libspec.verifier import LoadedVerifier
 
 MAX_ERRORS_KEPT = 5  # first messages of skipped inputs kept in the summary (--skip-bad errors, no_assistant_turn)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from libspec.convert.common import Verifier
+from libspec.verifier import VerifierConfig
 from libspec.errors import SpecError
 
 PROMPTS = (
@@ -20,12 +20,12 @@ PROMPTS = (
 NEW_TOKENS = 48
 
 
-def quick_acceptance(checkpoint: Path, verifier: Verifier, k: int) -> dict:
+def quick_acceptance(checkpoint: Path, verifier: VerifierConfig, k: int) -> dict:
     """{"tau", "k", "prompts", "lossless", ...} or {"skipped": why}."""
     from libspec.algorithms import load_proposer
     from libspec.bench.measure import BenchSettings, bench_prompt_set
-    from libspec.bench.decoding import Verifier as DecodingVerifier
-    from libspec.models import eos_token_ids, load_causal_lm, load_tokenizer
+    from libspec.bench.decoding import DecodingVerifier
+    from libspec.verifier import eos_token_ids, load_causal_lm, load_tokenizer
     from libspec.bench.prompts import PromptSet
 
     if not verifier.weight_files:

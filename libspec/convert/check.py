@@ -19,7 +19,8 @@ from libspec.algorithms.dflash.model import DFlashDraft
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.layers import DraftCache
 from libspec.algorithms.eagle.model import EagleDraft
-from libspec.convert.common import Conversion, Verifier, verifier_tensor
+from libspec.convert.common import Conversion
+from libspec.verifier import VerifierConfig, verifier_tensor
 
 # Relative to the largest |logit|: float32 with different operation orders agrees to ~1e-6.
 TOLERANCE = 1e-4
@@ -45,7 +46,7 @@ class NumericCheck:
         return {**asdict(self), "passed": self.passed}
 
 
-def numeric_check(conversion: Conversion, directory: Path, verifier: Verifier, seed: int = 0) -> NumericCheck | None:
+def numeric_check(conversion: Conversion, directory: Path, verifier: VerifierConfig, seed: int = 0) -> NumericCheck | None:
     """Compare the written checkpoint with the source's forward; None when the source is our format."""
     if conversion.reference is None:
         return None
@@ -68,7 +69,7 @@ def _sizes(algorithm: str, config: dict) -> tuple[int, int]:
     return layer["hidden_size"], layer["vocab_size"]
 
 
-def borrowed_weights(verifier: Verifier, hidden: int, vocab: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
+def borrowed_weights(verifier: VerifierConfig, hidden: int, vocab: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
     """embed_tokens and lm_head of the verifier (local weights), or random stand-ins of that shape."""
     found = {name: verifier_tensor(verifier, name) for name in ("embed_tokens.weight", "lm_head.weight")}
     if found["lm_head.weight"] is None:

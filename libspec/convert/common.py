@@ -1,4 +1,4 @@
-"""What every source-format converter shares: the request's options, the verifier, the result.
+"""What every source-format converter shares: the request's options, the decisions, the result.
 
 A converter turns a `Source` (libspec/convert/source.py) into a `Conversion`: the config and
 tensors of a spec-tools checkpoint plus every `Decision` it took, so the tool can say which
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 import libspec
 from libspec.errors import SpecError
-from libspec.fingerprint import fingerprint_verifier, read_model_config, resolve_model_dir, text_config
+from libspec.verifier import VerifierConfig, fingerprint_verifier
 
 RECORDED, OPTION, DEFAULT, DERIVED = "recorded", "option", "default", "derived"
 
@@ -40,26 +39,6 @@ class Decision:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Verifier:
-    """The model the draft serves: its config, and its local folder when there is one."""
-
-    name_or_path: str
-    config: dict
-    directory: Path | None
-
-    @property
-    def lm(self) -> dict:
-        return text_config(self.config)
-
-    @property
-    def weight_files(self) -> list[Path]:
-        """Local safetensors weights (empty when only the config is at hand)."""
-        if self.directory is None:
-            return []
-        return sorted(self.directory.glob("*.safetensors"))
-
-
 @dataclass
 class Conversion:
     """A converter's result, before it is written and checked."""
@@ -78,29 +57,6 @@ class Conversion:
         return [asdict(d) for d in self.decisions]
 
 
-def verifier_tensor(verifier: Verifier, suffix: str) -> torch.Tensor | None:
-    """One tensor of the verifier's local weights, found by name suffix (e.g. "lm_head.weight")."""
-    import safetensors
-
-    for path in verifier.weight_files:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                if name.endswith(suffix):
-                    return handle.get_tensor(name)
-    return None
-
-
-def load_verifier(name_or_path: str) -> Verifier:
-    """The verifier's config (and folder): a local folder or a Hub id in the local cache."""
-    directory = resolve_model_dir(name_or_path)
-    config = read_model_config(directory)
-    lm = text_config(config)
-    for key in ("hidden_size", "vocab_size", "num_hidden_layers"):
-        if not isinstance(lm.get(key), int):
-            raise SpecError(f"{directory / 'config.json'}: field {key}: expected an integer")
-    return Verifier(name_or_path, config, directory)
-
-
 def choose(decisions: list[Decision], setting: str, option, recorded, default, reason: str):
     """Pick option > recorded > default for one setting and record where the value came from."""
     if option is not None:
@@ -113,7 +69,7 @@ def choose(decisions: list[Decision], setting: str, option, recorded, default, r
     return value
 
 
-def spec_tools_record(format_name: str, source_path: str, verifier: Verifier) -> dict:
+def spec_tools_record(format_name: str, source_path: str, verifier: VerifierConfig) -> dict:
     """The `spec_tools` block of a converted checkpoint: who made it, from what, for which verifier."""
     return {
         "version": libspec.__version__,

@@ -20,15 +20,14 @@ from libspec.convert.common import (
     Conversion,
     ConvertOptions,
     Decision,
-    Verifier,
     choose,
     dtype_name,
     float_dtype,
     spec_tools_record,
     t2d_from_d2t,
     unify_float_dtype,
-    verifier_tensor,
 )
+from libspec.verifier import VerifierConfig, verifier_tensor
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
@@ -58,6 +57,11 @@ class Eagle3Facts:
     layer: dict = field(default_factory=dict)  # num_attention_heads, rms_norm_eps, rope_parameters, max_position_embeddings, hidden_act
 
 
+def rename_midlayer(name: str) -> str:
+    """SafeAILab, SpecForge and ModelOpt call the draft's one decoder layer midlayer.*; ours is layers.0.*."""
+    return "layers.0." + name.removeprefix("midlayer.") if name.startswith("midlayer.") else name
+
+
 def default_aux(num_layers: int) -> tuple[int, ...]:
     """EAGLE-3's [2, n//2, n-3] as the reference code captures them (no clamping)."""
     return (2, num_layers // 2, num_layers - 3)
@@ -66,7 +70,7 @@ def default_aux(num_layers: int) -> tuple[int, ...]:
 def build_eagle3(
     source: Source,
     tensors: dict[str, torch.Tensor],
-    verifier: Verifier,
+    verifier: VerifierConfig,
     options: ConvertOptions,
     format_name: str,
     facts: Eagle3Facts,
@@ -118,7 +122,7 @@ def build_eagle3(
     return conversion
 
 
-def _borrow_lm_head(tensors, verifier: Verifier, decisions, where: str) -> None:
+def _borrow_lm_head(tensors, verifier: VerifierConfig, decisions, where: str) -> None:
     """A full-vocabulary source may leave lm_head to the verifier; our format stores it (SPEC.md §11.2)."""
     if "lm_head.weight" in tensors or "d2t" in tensors:
         return

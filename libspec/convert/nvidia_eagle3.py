@@ -16,10 +16,10 @@ single norm, which is what this converter reproduces.)
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
-from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, layer_facts
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
+from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, layer_facts, rename_midlayer
 from libspec.convert.reference import Eagle3Layout
-from libspec.convert.safeailab_eagle3 import rename
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -41,7 +41,7 @@ def modelopt_default_aux(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(i + 1 for i in {1, max(0, num_layers // 2 - 1), max(0, num_layers - 4)}))
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """ModelOpt export -> ours: layer ids +1, t2d derived from d2t."""
     eagle_config = source.config["eagle_config"]
     where = source.config_path
@@ -67,7 +67,7 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
         layer=layer_facts(source.config),
     )
     first_layer = "midlayer." if source.any_prefix("midlayer.") else "layers.0."
-    tensors = {rename(key): value for key, value in source.tensors.items()}
+    tensors = {rename_midlayer(key): value for key, value in source.tensors.items()}
     layout = Eagle3Layout(first_layer=first_layer)
     conversion = build_eagle3(source, tensors, verifier, options, name, facts, layout, "NVIDIA ModelOpt EagleModule (EAGLE-3)")
     if recorded:

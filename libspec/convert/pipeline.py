@@ -4,7 +4,6 @@ move it into place. A failed check leaves the output path as it was."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,11 +12,13 @@ from libspec.format import checkpoint as ckpt
 from libspec.format.atomic import atomic_directory
 from libspec.algorithms import algorithm_for
 from libspec.convert.check import numeric_check
-from libspec.convert.common import ConvertOptions, load_verifier
+from libspec.convert.common import ConvertOptions
 from libspec.convert.detect import detect_format, resolve_format
-from libspec.convert.source import load_source, looks_like_hub_id
+from libspec.convert.source import load_source
 from libspec.errors import SpecError
+from libspec.serving import serve_command
 from libspec.validate.artifacts import validate
+from libspec.verifier import read_verifier_config
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     progress("reading the source")
     source = load_source(request.input, request.config_path)
     name, module = resolve_format(request.source_format) if request.source_format else detect_format(source)
-    verifier = load_verifier(request.verifier)
+    verifier = read_verifier_config(request.verifier)
     progress(f"converting ({name})")
     conversion = module.convert(source, verifier, request.options, name)
     algorithm = algorithm_for(conversion.algorithm)
@@ -84,7 +85,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
                 f"against the {check.reference} reference (largest |logit| {check.max_abs_logit:.3g}); nothing was written"
             )
 
-    k = _speculative_tokens(conversion.algorithm, conversion.config)
+    k = ckpt.speculative_tokens(conversion.config)
     acceptance = None
     if request.check_acceptance:
         from libspec.convert.acceptance import quick_acceptance
@@ -102,7 +103,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
         validation={"ok": True, "facts": facts},
         numeric_check=None if check is None else check.to_dict(),
         acceptance=acceptance,
-        serve=serve_command(conversion.algorithm, str(output), request.verifier, k),
+        serve=serve_command(str(output), conversion.config, verifier=request.verifier, quote=False, owner_name_only=True),
     )
 
 
@@ -118,17 +119,3 @@ def _refuse_unsafe_output(output: Path, source: str) -> None:
             raise SpecError(f"{output}: exists and is not a folder; refusing to replace it")
         if any(output.iterdir()) and not (output / ckpt.CONFIG).is_file():
             raise SpecError(f"{output}: exists, is not empty and holds no config.json; refusing to replace it")
-
-
-def _speculative_tokens(algorithm: str, config: dict) -> int:
-    if algorithm == "eagle":
-        return config["spec_tools"]["speculative_tokens"]
-    return config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
-
-
-def serve_command(algorithm: str, output: str, verifier: str, k: int) -> str:
-    """How to serve the result with vLLM (SPEC.md §11.4-11.5)."""
-    if algorithm != "eagle" and looks_like_hub_id(verifier) and not Path(verifier).exists():
-        return f"vllm serve {output}"
-    config = json.dumps({"method": algorithm, "model": output, "num_speculative_tokens": k})
-    return f"vllm serve {verifier} --speculative-config '{config}'"

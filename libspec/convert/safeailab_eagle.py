@@ -27,13 +27,13 @@ from libspec.convert.common import (
     Conversion,
     ConvertOptions,
     Decision,
-    Verifier,
     choose,
     dtype_name,
     float_dtype,
     spec_tools_record,
     unify_float_dtype,
 )
+from libspec.verifier import VerifierConfig
 from libspec.convert.reference import EagleLayout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
@@ -62,7 +62,7 @@ def matches(source: Source) -> bool:
     )
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """SafeAILab/HASS EAGLE-1 -> an EAGLE-1 folder for vLLM's method "eagle"."""
     config = source.config
     recorded_bias = config.get("bias")
@@ -85,7 +85,7 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
 def build_eagle(
     source: Source,
     tensors: dict[str, torch.Tensor],
-    verifier: Verifier,
+    verifier: VerifierConfig,
     options: ConvertOptions,
     format_name: str,
     layer: dict,

@@ -9,10 +9,12 @@ state as layer 0's residual, and feeds the pre-norm output back to the next step
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
-from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
+from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts, rename_midlayer
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
+from libspec.convert.specforge_eagle3 import has_specforge_marks
 
 NAME = "safeailab-eagle3"
 SIGNATURE = "midlayer.* and fc.weight over 3 hidden states, flat Llama config with draft_vocab_size (SafeAILab EAGLE-3)"
@@ -22,16 +24,10 @@ DEFAULT_TOKENS = 7
 
 def matches(source: Source) -> bool:
     """midlayer.* weights and no marks of SpecForge (eagle_config, fc_norm, norm_output)."""
-    from libspec.convert import specforge_eagle3
-
-    return source.any_prefix("midlayer.") and source.has("fc.weight") and "speculators_config" not in source.config and not specforge_eagle3.has_specforge_marks(source)
+    return source.any_prefix("midlayer.") and source.has("fc.weight") and "speculators_config" not in source.config and not has_specforge_marks(source)
 
 
-def rename(name: str) -> str:
-    return "layers.0." + name.removeprefix("midlayer.") if name.startswith("midlayer.") else name
-
-
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """SafeAILab names -> ours; the source records no layer ids, norm flags or drafting depth."""
     n = verifier.lm["num_hidden_layers"]
     facts = Eagle3Facts(
@@ -47,6 +43,6 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
         norm_output=False,
         layer=layer_facts(source.config),
     )
-    tensors = {rename(key): value for key, value in source.tensors.items()}
+    tensors = {rename_midlayer(key): value for key, value in source.tensors.items()}
     layout = Eagle3Layout(first_layer="midlayer.")
     return build_eagle3(source, tensors, verifier, options, name, facts, layout, "SafeAILab EAGLE cnets.py (EAGLE-3 midlayer)")

@@ -7,8 +7,6 @@ holding anything but tensors is refused instead of executed.
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,9 @@ import safetensors.torch
 import torch
 
 from libspec.errors import SpecError
+from libspec.format.json_files import read_json_object
+from libspec.serving import is_owner_name_repo_id
+from libspec.verifier import hub_offline
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -51,7 +52,7 @@ def load_source(path: str, config_path: str | None = None) -> Source:
     elif location.is_file():
         files = [location]
         config_file = Path(config_path) if config_path else location.parent / "config.json"
-    elif looks_like_hub_id(path):
+    elif is_owner_name_repo_id(path):
         source = load_source(str(download_from_hub(path)), config_path)
         source.path = path  # name it as the user did (and as the converted checkpoint records it)
         return source
@@ -73,10 +74,9 @@ def weight_files_in(directory: Path) -> list[Path]:
     for index_name in SHARD_INDEXES:
         index = directory / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise SpecError(f"{index}: not a shard index (expected a JSON object with weight_map): {error}") from None
+            weight_map = read_json_object(index, expected="a shard index (a JSON object with weight_map)").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise SpecError(f"{index}: not a shard index (expected a JSON object with weight_map)")
             shards = [directory / name for name in sorted(set(weight_map.values()))]
             missing = [str(s) for s in shards if not s.is_file()]
             if missing:
@@ -128,35 +128,14 @@ def _state_dict(state, file: Path) -> dict[str, torch.Tensor]:
 
 def read_config(path: Path) -> dict:
     """The source's config.json (one-line error when missing or broken)."""
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: missing; the source's config.json is needed (pass --config for a lone weights file)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise SpecError(f"{path}: expected a JSON object")
-    return config
-
-
-def looks_like_hub_id(text: str) -> bool:
-    """owner/name made of the characters the Hub allows."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
+    return read_json_object(path, missing="missing; the source's config.json is needed (pass --config for a lone weights file)")
 
 
 def download_from_hub(repo_id: str) -> Path:
     """A local snapshot of a Hub repository (the cache when offline)."""
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = hub_offline()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=offline))
     except Exception as error:  # the hub client raises many types; all mean "not available here"

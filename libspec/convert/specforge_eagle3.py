@@ -13,10 +13,10 @@ adds `embed_tokens`) with a `LlamaForCausalLMEagle3` config that may add:
 
 from __future__ import annotations
 
-from libspec.convert.common import Conversion, ConvertOptions, Verifier
-from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts
+from libspec.convert.common import Conversion, ConvertOptions
+from libspec.verifier import VerifierConfig
+from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux, layer_facts, rename_midlayer
 from libspec.convert.reference import Eagle3Layout
-from libspec.convert.safeailab_eagle3 import rename
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -27,6 +27,7 @@ DEFAULT_TOKENS = 7
 
 
 def has_specforge_marks(source: Source) -> bool:
+    """SpecForge's config keys or fc_norm weights: what tells its midlayer.* checkpoints from SafeAILab's."""
     config = source.config
     return isinstance(config.get("eagle_config"), dict) or "fc_norm" in config or "norm_output" in config or source.any_prefix("fc_norm.")
 
@@ -35,7 +36,7 @@ def matches(source: Source) -> bool:
     return source.any_prefix("midlayer.") and source.has("fc.weight") and "speculators_config" not in source.config and has_specforge_marks(source)
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """SpecForge names and conventions -> ours (layer ids +1, norm_output reinterpreted)."""
     config = source.config
     if config.get("norm_output") is False:
@@ -55,7 +56,7 @@ def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: s
         norm_output=False,  # SpecForge feeds the pre-norm backbone output to the next step
         layer=layer_facts(config),
     )
-    tensors = {rename(key): value for key, value in source.tensors.items()}
+    tensors = {rename_midlayer(key): value for key, value in source.tensors.items()}
     if bool(config.get("fc_norm")) != any(k.startswith("fc_norm.") for k in tensors):
         raise SpecError(f"{source.config_path}: fc_norm is {config.get('fc_norm')} but the weights {'lack' if config.get('fc_norm') else 'have'} fc_norm.* tensors")
     layout = Eagle3Layout(first_layer="midlayer.", fc_norm=bool(config.get("fc_norm")))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 
 from libspec.algorithms.eagle import config as eagle
-from libspec.convert.common import DERIVED, OPTION, Conversion, ConvertOptions, Decision, Verifier
+from libspec.convert.common import DERIVED, OPTION, Conversion, ConvertOptions, Decision
+from libspec.verifier import VerifierConfig
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -28,7 +29,7 @@ def matches(source: Source) -> bool:
     return "speculators_config" in config and config.get("speculators_model_type") in ("eagle3", "dflash") and not speculators_legacy.legacy_marks(config)
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """The same checkpoint; the options cannot change what the source records."""
     if options != ConvertOptions():
         raise SpecError(f"{source.path}: already a spec-tools checkpoint; --layers, --norm-before-residual and --speculative-tokens cannot rewrite it (they would change what it was trained with)")

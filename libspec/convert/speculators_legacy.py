@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 
 from libspec.algorithms.eagle3.config import rope_parameters
-from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision, Verifier
+from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision
+from libspec.format import checkpoint as ckpt
+from libspec.verifier import VerifierConfig
 from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux
 from libspec.convert.reference import Eagle3Layout, EagleLayout
 from libspec.convert.safeailab_eagle import build_eagle
@@ -58,9 +60,9 @@ def matches(source: Source) -> bool:
     return "speculators_config" in config and config.get("speculators_model_type") in ("eagle3", "eagle") and bool(legacy_marks(config))
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     config = source.config
-    tokens = ((config.get("speculators_config") or {}).get("proposal_methods") or [{}])[0].get("speculative_tokens")
+    tokens = ckpt.speculative_tokens(config)
     tl = config.get("transformer_layer_config")
     if not isinstance(tl, dict):
         raise SpecError(f"{source.config_path}: transformer_layer_config is missing")

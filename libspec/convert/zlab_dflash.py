@@ -24,13 +24,13 @@ from libspec.convert.common import (
     ConvertOptions,
     Decision,
     DEFAULT,
-    Verifier,
     choose,
     dtype_name,
     float_dtype,
     spec_tools_record,
     unify_float_dtype,
 )
+from libspec.verifier import VerifierConfig
 from libspec.convert.source import Source
 from libspec.errors import SpecError
 
@@ -55,7 +55,7 @@ def zlab_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> list
     return [int(round(start + i * (end - start) / (num_draft_layers - 1))) for i in range(num_draft_layers)]
 
 
-def convert(source: Source, verifier: Verifier, options: ConvertOptions, name: str = NAME) -> Conversion:
+def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, name: str = NAME) -> Conversion:
     """z-lab DFlash -> speculators dflash: layer ids +1, explicit non-causal block, verifier's head."""
     if options.norm_before_residual is not None:
         raise SpecError(f"{source.path}: --norm-before-residual is an EAGLE-3 setting; DFlash has no such variant")

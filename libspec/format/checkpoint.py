@@ -16,6 +16,7 @@ import torch
 
 from libspec.format.atomic import atomic_directory, default_file_mode, write_text_atomic
 from libspec.format.digest import digest_file
+from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -29,23 +30,30 @@ def is_checkpoint(directory: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return "speculators_config" in json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "speculators_config" in read_json_object(path)
+    except SpecError:
         return False
 
 
 def read_config(directory: str | Path) -> dict:
-    """Parse a checkpoint's config.json (one-line error if missing or not JSON)."""
-    path = Path(directory) / CONFIG
+    """Parse a checkpoint's config.json (one-line error if missing or not a JSON object)."""
+    return read_json_object(Path(directory) / CONFIG, missing="missing; a speculator checkpoint needs its config.json")
+
+
+def speculative_tokens(config: dict, default: int | None = None) -> int | None:
+    """k, the drafted tokens per step a checkpoint is served with, for every algorithm; `default` when not recorded.
+
+    Speculators configs keep it in speculators_config.proposal_methods[0]; an EAGLE-1 folder has no
+    speculators_config and keeps it in spec_tools (SPEC.md §11.5).
+    """
     try:
-        config = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: missing; a speculator checkpoint needs its config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise SpecError(f"{path}: expected a JSON object")
-    return config
+        if "speculators_config" in config:
+            value = config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
+        else:
+            value = config["spec_tools"]["speculative_tokens"]
+    except (KeyError, IndexError, TypeError):  # a broken config (spec-push --force may carry one)
+        return default
+    return default if value is None else value
 
 
 def set_speculative_tokens(directory: str | Path, k: int) -> dict:
@@ -61,7 +69,7 @@ def weight_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     index = directory / f"{WEIGHTS}.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text("utf-8"))["weight_map"].values()))
+        names = sorted(set(read_json_object(index)["weight_map"].values()))
         return [directory / name for name in names]
     single = directory / WEIGHTS
     if not single.is_file():

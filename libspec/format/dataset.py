@@ -15,8 +15,9 @@ import torch
 
 from libspec.format.atomic import write_text_atomic
 from libspec.format.digest import FileDigest, check_digest, digest_file, sha256_text
+from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError, where
-from libspec.fingerprint import VerifierFingerprint
+from libspec.verifier import VerifierFingerprint
 from libspec.format.records import check_record, read_record_shard, write_record_shard
 from libspec.format.sample import Sample, header_of, header_problems
 from libspec.format.schemas import check_schema
@@ -46,12 +47,7 @@ def dataset_fingerprint(manifest: dict) -> str:
 def read_manifest(directory: str | Path) -> dict:
     """Parse and schema-check a data set's manifest.json."""
     path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: missing; a data set directory needs its manifest") from None
-    except json.JSONDecodeError as error:
-        raise SpecError(f"{path}: not valid JSON: {error}") from None
+    manifest = read_json_object(path, missing="missing; a data set directory needs its manifest")
     check_schema("dataset-manifest", manifest, str(path))
     problems = header_problems(manifest)
     if problems:

@@ -13,7 +13,7 @@ import torch
 
 import libspec
 from libspec.errors import SpecError
-from libspec.fingerprint import VerifierFingerprint
+from libspec.verifier import VerifierFingerprint
 from libspec.format.tensors import STORAGE_DTYPES, decode_hidden
 
 LAYER_ID_CONVENTION = "residual_after_k_layers"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from huggingface_hub import ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from libspec import serving
 
 ALGORITHM_NAMES = {"eagle3": "EAGLE-3"}
 LIBRARY_NAME = "speculators"  # the upstream library that loads the folder; stops the Hub offering a transformers snippet
@@ -88,17 +88,6 @@ def verifier_name(config: dict) -> str | None:
     return dig(config, "speculators_config.verifier.name_or_path")
 
 
-def is_hub_id(name: str | None) -> bool:
-    """True if `name` can only be a Hub repository id (vLLM >= 0.33 refuses anything else in the short form)."""
-    if not name or name.startswith((".", "~")) or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def vllm_method(config: dict) -> str:
     """The vLLM `method` of a speculators checkpoint (vLLM maps speculators_model_type to it one to one)."""
     return str(config.get("speculators_model_type", "eagle3"))
@@ -107,15 +96,16 @@ def vllm_method(config: dict) -> str:
 def vllm_serve_commands(config: dict, model_ref: str) -> list[tuple[str, str]]:
     """(when to use it, command): the short form when the verifier is a Hub id, always the explicit form.
 
-    The explicit form passes "method": without it vLLM loads the folder as a plain draft model.
+    The explicit form passes "method" (the speculators_model_type as is): without it vLLM loads the
+    folder as a plain draft model.
     """
     verifier = verifier_name(config) or "VERIFIER"
-    k = dig(config, "speculators_config.proposal_methods.0.speculative_tokens", 3)
-    speculative_config = json.dumps({"method": vllm_method(config), "model": model_ref, "num_speculative_tokens": k})
-    explicit = f"vllm serve {shlex.quote(verifier)} --speculative-config {shlex.quote(speculative_config)}"
+    speculative = serving.speculative_config(model_ref, config, method={"method": vllm_method(config)}, default_tokens=3)
+    k = speculative["num_speculative_tokens"]
+    explicit = serving.vllm_serve_command(verifier, speculative)
     commands = []
-    if is_hub_id(verifier):
-        commands.append((f"vLLM takes the verifier (`{verifier}`) and k = {k} from config.json", f"vllm serve {shlex.quote(model_ref)}"))
+    if serving.is_hub_repo_id(verifier):
+        commands.append((f"vLLM takes the verifier (`{verifier}`) and k = {k} from config.json", serving.vllm_serve_command(model_ref)))
         commands.append(("the same, with the verifier named explicitly (change num_speculative_tokens here)", explicit))
     else:
         commands.append((f"the verifier was a local folder when this speculator was made: put your copy of it in place of `{verifier}`", explicit))
@@ -130,7 +120,7 @@ def front_matter(inputs: CardInputs) -> str:
     name = verifier_name(inputs.config)
     algorithm = vllm_method(inputs.config)
     data = ModelCardData(
-        base_model=name if is_hub_id(name) else None,
+        base_model=name if serving.is_hub_repo_id(name) else None,
         library_name=LIBRARY_NAME,
         pipeline_tag="text-generation",
         license=inputs.license,

@@ -22,7 +22,8 @@ from libspec.format.atomic import atomic_directory
 from libspec.bench.report_check import check_report, identity_evidence
 from libspec.format.digest import digest_bytes, digest_file
 from libspec.errors import SpecError
-from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, is_hub_id, render_card, verifier_name
+from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, render_card, verifier_name
+from libspec.serving import is_hub_repo_id
 from libspec.validate.artifacts import validate
 
 CARD = "README.md"
@@ -127,7 +128,7 @@ def _gate_checkpoint(checkpoint_dir: Path, gate: Gate) -> dict:
     gate.checkpoint_problems += interop_problems
     gate.checks += interop_checks
     config = ckpt.read_config(checkpoint_dir)
-    if not is_hub_id(verifier_name(config)):
+    if not is_hub_repo_id(verifier_name(config)):
         gate.notes.append(
             f"the verifier {verifier_name(config)!r} is not a Hub id: the card names no base_model and gives only the "
             "explicit `vllm serve VERIFIER --speculative-config ...` form"

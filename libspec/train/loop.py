@@ -23,7 +23,7 @@ from torch import nn
 import libspec
 from libspec.algorithms import training_for
 from libspec.errors import SpecError
-from libspec.fingerprint import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
+from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
 from libspec.format.sample_table import SampleTable, open_sample_table
 from libspec.train import distributed, outputs
 from libspec.train.config import TrainConfig, check_config

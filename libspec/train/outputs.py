@@ -21,6 +21,7 @@ import libspec
 from libspec.errors import SpecError
 from libspec.format.atomic import write_text_atomic
 from libspec.format.checkpoint import write_checkpoint
+from libspec.format.json_files import read_json_object
 from libspec.train import distributed
 from libspec.train.config import TrainConfig, config_differences
 from libspec.train.state import STATE_FILE, Progress, TrainState, capture_rng, load_train_state, restore_rng, save_train_state
@@ -38,7 +39,7 @@ def claim_output(out: Path, config: TrainConfig, dataset_fingerprint: str) -> No
     record = {"config": config.to_dict(), "dataset_fingerprint": dataset_fingerprint, "spec_tools": libspec.__version__}
     run_file = out / RUN_FILE
     if run_file.is_file():
-        previous = json.loads(run_file.read_text("utf-8"))
+        previous = read_json_object(run_file)
         changed = config_differences(previous.get("config", {}), record["config"])
         if previous.get("dataset_fingerprint") != dataset_fingerprint:
             changed.append("the data's fingerprint differs")

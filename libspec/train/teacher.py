@@ -9,7 +9,6 @@ safetensors: a 70B verifier costs the memory of two small tensors.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from libspec.errors import SpecError
-from libspec.fingerprint import resolve_model_dir
+from libspec.format.json_files import read_json_object
+from libspec.verifier import read_model_config, resolve_model_dir
 
 # Names HF decoder families give the norm after the last layer (Llama/Qwen/Gemma/Mistral, Phi, GPT-2/Falcon).
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "norm_f")
@@ -73,7 +73,7 @@ def load_verifier_head(name_or_path: str) -> VerifierHead:
         module.to_empty(device="cpu")
         module.load_state_dict({name: tensors[f"{prefix}.{name}"].float() for name in params}, strict=False)
         module.float()
-    raw = json.loads((model_dir / "config.json").read_text("utf-8"))
+    raw = read_model_config(model_dir)
     softcap = getattr(config.get_text_config(), "final_logit_softcapping", None)
     return VerifierHead(Teacher(final_norm, lm_head, softcap), embed.weight.detach().clone(), raw)
 
@@ -94,7 +94,7 @@ def _read_tensors(model_dir: Path, names: list[str], tied: dict[str, str]) -> di
     """Read only `names` from the verifier's safetensors (single file or sharded with an index)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
+        weight_map = read_json_object(index)["weight_map"]
     elif (model_dir / "model.safetensors").is_file():
         with safetensors.safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
             weight_map = {key: "model.safetensors" for key in handle.keys()}

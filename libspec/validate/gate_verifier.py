@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libspec.serving import verifier_kind
+from libspec.format.json_files import read_json_object
 
 STAND_IN_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 COPIED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -50,7 +51,7 @@ def gate_verifier(config: dict, workdir: Path) -> GateVerifier:
         has_weights = any(folder.glob("*.safetensors"))
         return GateVerifier(folder, has_weights, f"{name} ({folder})" if str(folder) != name else name)
     stand_in = write_stand_in_verifier(config, workdir / "stand-in-verifier")
-    architecture = json.loads((stand_in / "config.json").read_text())["architectures"][0]
+    architecture = read_json_object(stand_in / "config.json")["architectures"][0]
     note = (
         f"stand-in {architecture} config built from this checkpoint's transformer_layer_config: "
         f"{name} is not on this machine (not a folder, not in the Hugging Face cache)"

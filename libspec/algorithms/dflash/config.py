@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.algorithms.eagle3.config import TensorSpec
-from libspec.fingerprint import text_config
+from libspec.verifier import text_config
 
 ALGORITHM = "dflash"
 ARCHITECTURE = "DFlashSpeculator"  # what upstream speculators writes; vLLM sets DFlashDraftModel itself

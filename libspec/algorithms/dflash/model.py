@@ -20,6 +20,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.dflash import config as dflash
 from libspec.algorithms.layers import MLP, DraftTensors, RMSNorm, rotate_half
+from libspec.algorithms.sampling import temperature_probs
 
 
 class DFlashAttention(nn.Module):
@@ -144,7 +145,7 @@ class DFlashProposer:
             return self.draft.to_verifier_ids(logits.argmax(dim=-1)), None
         vocab = self.draft.embed_tokens.num_embeddings
         probs = torch.zeros(k, vocab, device=self.device)
-        probs[:, self.draft.to_verifier_ids(torch.arange(logits.shape[1], device=self.device))] = torch.softmax(logits / temperature, dim=-1)
+        probs[:, self.draft.to_verifier_ids(torch.arange(logits.shape[1], device=self.device))] = temperature_probs(logits, temperature)
         return torch.multinomial(probs, 1, generator=generator)[:, 0], probs
 
     def commit(self, accepted: torch.Tensor, aux: torch.Tensor | None) -> None:

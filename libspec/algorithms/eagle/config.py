@@ -16,7 +16,7 @@ algorithm, the verifier, the drafted tokens per step) in the `spec_tools` block 
 from __future__ import annotations
 
 from libspec.algorithms.eagle3.config import TensorSpec, rope_parameters
-from libspec.fingerprint import text_config
+from libspec.verifier import text_config
 
 ALGORITHM = "eagle"
 # vLLM prefixes the draft's own architecture with "Eagle"; only the Llama one exists for our layout.

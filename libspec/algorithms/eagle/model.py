@@ -18,6 +18,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.eagle import config as eagle
 from libspec.algorithms.layers import MLP, Attention, DraftCache, DraftTensors, RMSNorm, causal_mask
+from libspec.algorithms.sampling import temperature_probs
 
 
 class _Attention(Attention):
@@ -115,7 +116,7 @@ class EagleProposer:
             if temperature == 0:
                 token, token_probs = logits.argmax(), None
             else:
-                token_probs = torch.softmax(logits / temperature, dim=-1)
+                token_probs = temperature_probs(logits, temperature)
                 token = torch.multinomial(token_probs, 1, generator=generator)[0]
             tokens.append(token)
             probs.append(token_probs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libspec.fingerprint import text_config
+from libspec.verifier import text_config
 from libspec.serving import verifier_problem
 
 ALGORITHM = "eagle3"

@@ -21,6 +21,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.eagle3.config import options_from_config
 from libspec.algorithms.layers import MLP, Attention, DocumentSpans, DraftCache, DraftTensors, RMSNorm, causal_mask
+from libspec.algorithms.sampling import temperature_probs
 
 
 class DecoderLayer(nn.Module):
@@ -150,7 +151,7 @@ class Eagle3Proposer:
             return self.draft.to_verifier_ids(draft_logits.argmax()), None
         probs = torch.zeros(self.vocab_size, device=draft_logits.device)
         targets = self.draft.to_verifier_ids(torch.arange(len(draft_logits), device=draft_logits.device))
-        probs[targets] = torch.softmax(draft_logits.float() / temperature, dim=-1)
+        probs[targets] = temperature_probs(draft_logits.float(), temperature)
         return torch.multinomial(probs, 1, generator=generator)[0], probs
 
     def commit(self, accepted: torch.Tensor, aux: torch.Tensor | None) -> None:
