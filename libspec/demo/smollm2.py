@@ -96,8 +96,8 @@ def load_from_gguf(gguf: Path) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer) through transformers' own GGUF loader: weights dequantized to float32."""
     missing = [name for name in GGUF_READER_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise SpecError(f"{gguf}: transformers reads GGUF files only with the packages {' and '.join(missing)}, "
-                        f"which are not installed (./just real-extra, or: pip install {' '.join(missing)})")
+        raise SpecError(f"{gguf}: transformers needs {' and '.join(missing)} to read GGUF files "
+                        f"(./just real-extra, or: pip install {' '.join(missing)})")
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
