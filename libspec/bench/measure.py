@@ -17,7 +17,7 @@ import torch
 
 import libspec
 from libspec.bench.decoding import Generation, Proposer, Verifier, autoregressive_generate, speculative_generate
-from libspec.bench.prompts import PromptSet, encode_prompt, with_first_answer
+from libspec.bench.prompts import PromptSet, encode_prompt
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
 MIN_ROUNDS_FOR_STABLE_FIGURES = 50
@@ -189,6 +189,14 @@ def bench_prompt_set(
     if by_category:
         entry["categories"] = [{"name": name, **category.report(greedy)} for name, category in by_category.items()]
     return entry
+
+
+def with_first_answer(verifier: Verifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
+    """A two-turn item as its conversation up to the second question, the first answer being the verifier's own (greedy)."""
+    prompt = encode_prompt(tokenizer, item).to(verifier.device)
+    answer = tokenizer.decode(autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids).tokens, skip_special_tokens=True)
+    messages = [*item["messages"], {"role": "assistant", "content": answer.strip()}, {"role": "user", "content": item["follow_up"]}]
+    return {**{key: value for key, value in item.items() if key != "follow_up"}, "messages": messages}
 
 
 class _SetTotals:

@@ -2,7 +2,7 @@
 
 A line is {"prompt": raw text} or {"messages": [...]} (chat), plus optional fields: `category`
 (the report is then also split by it) and, with `messages`, `follow_up` (a second question, asked
-after the verifier's own answer to the first: `with_first_answer`).
+after the verifier's own answer to the first; spec-bench measures that second turn).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from libspec.bench.benchmarks import BENCHMARKS, read_benchmark
-from libspec.bench.decoding import Verifier, autoregressive_generate
 from libspec.errors import SpecError
 
 
@@ -77,10 +76,3 @@ def encode_prompt(tokenizer, item: dict) -> torch.Tensor:
         raise SpecError("a prompt encodes to zero tokens")
     return ids
 
-
-def with_first_answer(verifier: Verifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
-    """A two-turn item as its conversation up to the second question, the first answer being the verifier's own (greedy)."""
-    prompt = encode_prompt(tokenizer, item).to(verifier.device)
-    answer = tokenizer.decode(autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids).tokens, skip_special_tokens=True)
-    messages = [*item["messages"], {"role": "assistant", "content": answer.strip()}, {"role": "user", "content": item["follow_up"]}]
-    return {**{key: value for key, value in item.items() if key != "follow_up"}, "messages": messages}
