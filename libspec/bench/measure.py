@@ -154,38 +154,62 @@ def bench_prompt_set(
     eos_ids: set[int],
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Baseline and every k on one prompt set; returns the report entry for the set."""
+    """Baseline and every k on one prompt set; returns the report entry for the set.
+
+    Prompts with a `category` are also counted in their category's totals (the entry's `categories`).
+    """
     greedy = settings.temperature == 0
     generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)
-    baseline = RunTotals()
-    runs = {k: RunTotals() for k in settings.k_values} if proposer else {}
+    k_values = settings.k_values if proposer else ()
+    totals = _SetTotals(k_values)
+    by_category: dict[str, _SetTotals] = {}
     # One untimed generation first: the first calls pay for allocations and lazy initialisation.
     warmup = encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device)
     autoregressive_generate(verifier, warmup, 8, eos_ids)
     if proposer:
         speculative_generate(verifier, proposer, warmup, max(settings.k_values), 8, eos_ids)
     for index, item in enumerate(prompt_set.items):
-        prompt = encode_prompt(tokenizer, item).to(verifier.device)
         progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
+        if "follow_up" in item:  # measure the second turn, after the verifier's own first answer
+            item = with_first_answer(verifier, tokenizer, item, settings.max_new_tokens, eos_ids)
+        prompt = encode_prompt(tokenizer, item).to(verifier.device)
+        counted_in = [totals]
+        if "category" in item:
+            counted_in.append(by_category.setdefault(item["category"], _SetTotals(k_values)))
         reference = autoregressive_generate(verifier, prompt, settings.max_new_tokens, eos_ids, settings.temperature, generator)
-        baseline.add(reference, None)
-        for k, totals in runs.items():
+        for set_totals in counted_in:
+            set_totals.baseline.add(reference, None)
+        for k in k_values:
             result = speculative_generate(verifier, proposer, prompt, k, settings.max_new_tokens, eos_ids, settings.temperature, generator)
-            totals.add(result, k)
-            if greedy and result.tokens != reference.tokens:
-                totals.mismatched_prompts.append(index)
-    rows = []
-    for k, totals in runs.items():
-        raw = totals.to_dict()
-        rows.append({"k": k, **raw, "derived": derive(k, raw, baseline.to_dict(), greedy)})
-    return {
-        "name": prompt_set.name,
-        "path": prompt_set.path,
-        "num_prompts": len(prompt_set.items),
-        "baseline": baseline.to_dict(),
-        "runs": rows,
-        "best_k": best_k(rows),
-    }
+            for set_totals in counted_in:
+                set_totals.runs[k].add(result, k)
+                if greedy and result.tokens != reference.tokens:
+                    set_totals.runs[k].mismatched_prompts.append(index)
+    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy)}
+    if by_category:
+        entry["categories"] = [{"name": name, **category.report(greedy)} for name, category in by_category.items()]
+    return entry
+
+
+def with_first_answer(verifier: Verifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
+    """A two-turn item as its conversation up to the second question, the first answer being the verifier's own (greedy)."""
+    prompt = encode_prompt(tokenizer, item).to(verifier.device)
+    answer = tokenizer.decode(autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids).tokens, skip_special_tokens=True)
+    messages = [*item["messages"], {"role": "assistant", "content": answer.strip()}, {"role": "user", "content": item["follow_up"]}]
+    return {**{key: value for key, value in item.items() if key != "follow_up"}, "messages": messages}
+
+
+class _SetTotals:
+    """The baseline's and each k's totals over a prompt set (or over one category of it)."""
+
+    def __init__(self, k_values: tuple[int, ...]):
+        self.baseline = RunTotals()
+        self.runs = {k: RunTotals() for k in k_values}
+
+    def report(self, greedy: bool) -> dict:
+        baseline = self.baseline.to_dict()
+        rows = [{"k": k, **totals.to_dict(), "derived": derive(k, totals.to_dict(), baseline, greedy)} for k, totals in self.runs.items()]
+        return {"num_prompts": self.baseline.prompts, "baseline": baseline, "runs": rows, "best_k": best_k(rows)}
 
 
 def hardware_description(device: torch.device) -> str:

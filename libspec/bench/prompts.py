@@ -1,4 +1,9 @@
-"""Prompt sets for benchmarks: JSONL files whose lines have `prompt` (raw text) or `messages` (chat)."""
+"""Prompt sets for benchmarks: JSONL files, or the field's sets by name (libspec.bench.benchmarks).
+
+A line is {"prompt": raw text} or {"messages": [...]} (chat), plus optional fields: `category`
+(the report is then also split by it) and, with `messages`, `follow_up` (a second question, asked
+after the verifier's own answer to the first; spec-bench measures that second turn).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from libspec.bench.benchmarks import BENCHMARKS, read_benchmark
 from libspec.errors import SpecError
 
 
@@ -20,13 +26,21 @@ class PromptSet:
     items: list[dict]
 
 
-def load_prompt_set(path: str | Path, limit: int | None = None) -> PromptSet:
-    """Read a JSONL prompt file; the set is named after the file (its stem)."""
-    path = Path(path)
+def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
+    """A JSONL file (named after its stem), or a benchmark set by name: `humaneval`, or `humaneval:8` for its first 8."""
+    path = Path(source)
+    name, colon, count = str(source).partition(":")
+    if not path.exists() and name in BENCHMARKS:
+        if colon:
+            if not count.isdigit() or int(count) < 1:
+                raise SpecError(f"{source}: expected {name} or {name}:N with N a positive number of prompts")
+            limit = min(int(count), limit or int(count))
+        path, items = read_benchmark(name)
+        return PromptSet(name, str(path), items[:limit])
     try:
         lines = path.read_text("utf-8").splitlines()
     except FileNotFoundError:
-        raise SpecError(f"{path}: prompt file not found") from None
+        raise SpecError(f"{path}: prompt file not found (or a benchmark set: {', '.join(BENCHMARKS)}, optionally NAME:N)") from None
     items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -37,6 +51,10 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> PromptSet:
             raise SpecError(f"{path}:{number}: not valid JSON: {error.msg}") from None
         if not isinstance(item, dict) or not (isinstance(item.get("prompt"), str) or isinstance(item.get("messages"), list)):
             raise SpecError(f"{path}:{number}: expected an object with a string 'prompt' or a list 'messages'")
+        if not isinstance(item.get("category", ""), str):
+            raise SpecError(f"{path}:{number}: 'category' must be a string")
+        if "follow_up" in item and not (isinstance(item["follow_up"], str) and "messages" in item):
+            raise SpecError(f"{path}:{number}: 'follow_up' must be a string, on a line with 'messages'")
         items.append(item)
         if limit is not None and len(items) >= limit:
             break
@@ -57,3 +75,4 @@ def encode_prompt(tokenizer, item: dict) -> torch.Tensor:
     if ids.numel() == 0:
         raise SpecError("a prompt encodes to zero tokens")
     return ids
+
