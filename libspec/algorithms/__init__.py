@@ -1,5 +1,5 @@
-"""Draft algorithms: one package each, listed in `ALGORITHMS` (the registry). Adding an algorithm
-means adding its package and one line here.
+"""Draft algorithms: one package each, found through `ALGORITHMS` (the registry). Adding an algorithm
+means adding its package and its name to `NAMES`.
 
 What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
   ALGORITHM                                      its `speculators_model_type` (or "eagle")
@@ -16,16 +16,15 @@ What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
-from libspec.algorithms import dflash, eagle, eagle3
 from libspec.errors import SpecError
 
-ALGORITHMS: dict[str, ModuleType] = {
-    "eagle3": eagle3,
-    "dflash": dflash,
-    "eagle": eagle,  # EAGLE-1/2/HASS: a plain HF folder for vLLM's method "eagle" (SPEC.md §11.5)
-}
+# The registry: the package names under libspec/algorithms/. "eagle" is EAGLE-1/2/HASS, a plain HF
+# folder for vLLM's method "eagle" (SPEC.md §11.5).
+NAMES = ("eagle3", "dflash", "eagle")
+ALGORITHMS: dict[str, ModuleType] = {name: importlib.import_module(f"libspec.algorithms.{name}") for name in NAMES}
 
 
 def algorithm_for(model_type: str) -> ModuleType | None:
@@ -36,6 +35,7 @@ def algorithm_for(model_type: str) -> ModuleType | None:
 def algorithm_name(config: dict) -> str | None:
     """Which algorithm a checkpoint config.json is for: its speculators type, or "eagle" for an
     EAGLE-1 folder (which has no speculators_config; spec_tools.algorithm names it)."""
+    eagle = ALGORITHMS["eagle"]
     if eagle.config.is_eagle_config(config):
         return eagle.ALGORITHM
     return config.get("speculators_model_type")
