@@ -10,7 +10,7 @@ import torch
 
 from libspec.demo import smollm2
 from libspec.errors import SpecError
-from libspec.models import load_causal_lm, load_tokenizer
+from libspec.verifier import load_causal_lm, load_tokenizer
 from test_benchmarks import needs
 from tools.spec_bench import main as spec_bench
 
