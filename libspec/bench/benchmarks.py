@@ -72,6 +72,12 @@ def read_benchmark(name: str) -> tuple[Path, list[dict]]:
     return path, benchmark.read(path)
 
 
+def humaneval_function_names() -> set[str]:
+    """The names of the functions HumanEval asks for (its `entry_point`s), to keep training prompts from asking for them."""
+    path = packaged_file(BENCHMARKS["humaneval"].pin, BENCHMARKS["humaneval"].path, "the prompt set humaneval")
+    return {record["entry_point"] for _, record in _json_lines(path) if isinstance(record.get("entry_point"), str)}
+
+
 def _json_lines(path: Path):
     """(line number, object) for each non-empty line; .gz files are decompressed."""
     opener = gzip.open if path.suffix == ".gz" else open
