@@ -162,3 +162,14 @@ def test_categories_split_the_totals_and_follow_ups_measure_the_second_turn(tiny
     assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
     assert conversation[2]["content"] == "t7 t7" and conversation[1]["content"].startswith("t")
 
+
+
+def test_floors_missed_exit_1_naming_each_and_the_report_is_still_written(tiny_setup, capsys):
+    path = tiny_setup
+    common = ["--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+              "--k", "1-2", "--max-new-tokens", "8", "-o", str(path / "report.json")]  # fmt: skip
+    assert main([*common, "--require", "prompts:tau>=1", "--require", "prompts:tau>=99", "--require", "humaneval:tau>=1"]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 floor(s) missed" in err and "prompts:tau>=99" in err and "no report measured 'humaneval'" in err
+    assert json.loads((path / "report.json").read_text())["prompt_sets"][0]["name"] == "prompts"
+    assert main([*common, "--require", "prompts:tau>=1"]) == 0

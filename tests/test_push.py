@@ -542,3 +542,13 @@ def test_interop_gates_run_when_installed(measured, tmp_path):
     plan = plan_push(measured / "ckpt", [measured / "report.json"], PushOptions(REPO))
     assert "vLLM gate (0." in plan.card and "upstream speculators gate (0." in plan.card
     assert plan.card.count(": loads it (config parsing, every parameter loaded, shapes equal)") == 2
+
+
+def test_floors_missed_refuse_the_push_and_floors_met_are_in_the_card(measured, capsys):
+    args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--dry-run"]
+    assert spec_push.main([*args, "--require", "prompts:tau>=99"]) == 1
+    captured = capsys.readouterr()
+    assert "floor prompts:tau>=99 NOT met" in captured.out + captured.err
+    assert spec_push.main([*args, "--require", "prompts:tau>=1", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)["card"]
+    assert "floor prompts:tau>=1 met: tau" in card

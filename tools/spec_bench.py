@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import shlex
@@ -21,8 +22,9 @@ from libspec.bench.decoding import DecodingVerifier
 from libspec.errors import SpecError
 from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from libspec.bench.benchmarks import BENCHMARKS
+from libspec.bench.floors import check_floors, parse_floor
 from libspec.bench.prompts import load_prompt_set
-from tools._cli import EXIT_OK, make_parser, print_json, run, stderr, stdout
+from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
 DESCRIPTION = """\
 Measure speculative decoding with the offline engine (plain PyTorch, batch 1): for each prompt
@@ -87,7 +89,17 @@ def build_parser():
     parser.add_argument("-o", "--output", help="write the JSON report to this file")
     parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
     parser.add_argument("--write-best-k", action="store_true", help="store the best measured k in the checkpoint's speculators_config")
+    parser.add_argument("--require", action="append", default=[], metavar="FLOOR", type=_floor,
+                        help="a floor the draft must meet at its best k, e.g. humaneval:tau>=2.5 or mt-bench/math:speedup>=1.1 "
+                             "(repeatable); any floor missed: exit 1 naming each (the report is still written)")  # fmt: skip
     return parser
+
+
+def _floor(text: str):
+    try:
+        return parse_floor(text)
+    except SpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_json(report)
     else:
         print_report(report)
+    return _report_floors(args.require, args.output or "this run", report)
+
+
+def _report_floors(floors, source: str, report: dict) -> int:
+    """Print each floor's verdict on stderr; EXIT_FAILURE when any is missed."""
+    results = check_floors(floors, [(source, report)])
+    for result in results:
+        stderr.print(("[green]✓[/] " if result.met else "[red]✗[/] ") + result.describe())
+    missed = [r for r in results if not r.met]
+    if missed:
+        stderr.print(f"[bold red]spec-bench: {len(missed)} of {len(results)} floor(s) missed:[/] {', '.join(r.floor.text for r in missed)}")
+        return EXIT_FAILURE
     return EXIT_OK
 
 

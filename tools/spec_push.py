@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from libspec.errors import SpecError
+from libspec.bench.floors import parse_floor
 from libspec.publish.push import PushOptions, PushPlan, plan_push, upload, write_folder
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -56,6 +57,9 @@ def build_parser():
     where.add_argument("--dry-run", action="store_true", help="print the files, sizes, checksums and the card; upload nothing")
     where.add_argument("--to-dir", metavar="DIR", help="write the Hub-ready folder to DIR (atomically) instead of uploading")
     parser.add_argument("--force", action="store_true", help="publish even if the gate finds problems (they are printed and put in the card)")
+    parser.add_argument("--require", action="append", default=[], metavar="FLOOR",
+                        help="a floor the --bench reports must show at the best k, e.g. humaneval:tau>=2.5 or mt-bench/math:speedup>=1.1 "
+                             "(repeatable); a floor missed refuses the push, each floor met is listed in the card")  # fmt: skip
     parser.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
     return parser
 
@@ -63,7 +67,8 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_repo_id(args.repo_id)
-    options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force)
+    floors = tuple(parse_floor(text) for text in args.require)
+    options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force, floors)
     with tempfile.TemporaryDirectory(prefix="spec-push-") as scratch:
         bench_paths = [_stdin_to_file(Path(scratch)) if path == "-" else path for path in args.bench]
         plan = plan_push(args.checkpoint, bench_paths, options)

@@ -21,6 +21,7 @@ from libspec.format import checkpoint as ckpt
 from libspec.format.atomic import atomic_directory
 from libspec.bench.report_check import check_report, identity_evidence
 from libspec.format.digest import digest_bytes, digest_file
+from libspec.bench.floors import Floor, check_floors
 from libspec.errors import SpecError
 from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, render_card, verifier_name
 from libspec.serving import is_hub_repo_id
@@ -40,6 +41,7 @@ class PushOptions:
     commit_message: str | None = None
     license: str | None = None
     force: bool = False
+    floors: tuple[Floor, ...] = ()  # per-domain minimums the bench reports must show (libspec/bench/floors.py)
 
 
 @dataclass
@@ -95,6 +97,7 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     checkpoint_items = [_file_item(path.name, path) for path in ckpt.checkpoint_files(checkpoint_dir)]
     weights = {item.path_in_repo: item.sha256 for item in checkpoint_items if item.path_in_repo.endswith(".safetensors")}
     measured, report_items = _gate_reports(bench_paths, checkpoint_dir, config, weights, gate)
+    _gate_floors(options.floors, measured, gate)
     items = checkpoint_items + report_items
     card = render_card(
         CardInputs(
@@ -163,6 +166,15 @@ def _gate_reports(bench_paths, checkpoint_dir: Path, config: dict, weights: dict
             measured.append(MeasuredReport(path_in_repo, report, tuple(problems)))
             items.append(_file_item(path_in_repo, path))
     return measured, items
+
+
+def _gate_floors(floors, measured: list, gate: Gate) -> None:
+    """Each floor met is a check line in the card; each floor missed refuses the push (unless forced)."""
+    for result in check_floors(list(floors), [(m.path_in_repo, m.report) for m in measured]):
+        if result.met:
+            gate.checks.append(result.describe())
+        else:
+            gate.report_problems.append(result.describe())
 
 
 def interop_gate(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
