@@ -8,14 +8,32 @@ objects are recorded as they are in the outputs they produce.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from libspec.errors import SpecError
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field with what a command line needs to offer it and what a check needs to refuse a bad value."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "minimum": minimum, "metavar": metavar}
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    metavar: str | None = None,
+    group: str | None = None,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field with what a command line needs to offer it and what a check needs to refuse a bad value.
+
+    `group`: the --help section it appears in; `flag`: its spelling when not --field-name; `parse`:
+    how the command line's text becomes the value (argparse `type`); `default_factory` for mutable defaults.
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "minimum": minimum,
+                "metavar": metavar, "group": group, "flag": flag, "parse": parse}  # fmt: skip
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -25,8 +43,13 @@ def option_fields(options_class) -> list[dataclasses.Field]:
 
 
 def flag(name: str) -> str:
-    """The command-line spelling of a field: ttt_steps -> --ttt-steps."""
+    """The command-line spelling of a field name: ttt_steps -> --ttt-steps."""
     return "--" + name.replace("_", "-")
+
+
+def field_flag(field: dataclasses.Field) -> str:
+    """The command-line spelling of an option field (its `flag`, else from its name)."""
+    return field.metadata.get("flag") or flag(field.name)
 
 
 def check_options(options) -> None:
@@ -34,9 +57,9 @@ def check_options(options) -> None:
     for field in option_fields(type(options)):
         value, choices, minimum = getattr(options, field.name), field.metadata["choices"], field.metadata["minimum"]
         if choices is not None and value not in choices:
-            raise SpecError(f"{flag(field.name)} {value!r}: expected one of {', '.join(map(str, choices))}")
+            raise SpecError(f"{field_flag(field)} {value!r}: expected one of {', '.join(map(str, choices))}")
         if minimum is not None and value is not None and value < minimum:
-            raise SpecError(f"{flag(field.name)} {value}: expected at least {minimum}")
+            raise SpecError(f"{field_flag(field)} {value}: expected at least {minimum}")
 
 
 def known_values(options_class, values: dict) -> dict:

@@ -6,6 +6,7 @@ Exit status: 0 ok, 1 failure (bad input, failed check), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import os
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 import libspec
 from libspec.errors import SpecError
-from libspec.options import flag, option_fields
+from libspec.options import field_flag, option_fields
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -56,23 +57,48 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> Parse
     return parser
 
 
-def add_options(group, options_class) -> None:
-    """Command-line options for every field of an options dataclass (libspec/options.py): the
-    field's name as --flag, its default, help, choices and bounds; booleans get --x/--no-x."""
+def add_options(target, options_class, title: str | None = None) -> dict:
+    """Command-line options for every `option` field of an options dataclass (libspec/options.py):
+    its flag, default, help, choices and parser; booleans get --x/--no-x. Fields that name a
+    `group` go into that --help section of the parser `target`, the others into `title`'s section
+    (or `target` itself). Returns the sections by name, for the tool's own options."""
+    groups: dict[str | None, object] = {None: target.add_argument_group(title) if title else target}
     for field in option_fields(options_class):
-        meta, default = field.metadata, field.default
-        shown = "on" if default is True else "off" if default is False else default
-        text = meta["help"] if default is None else f"{meta['help']} (default {shown})"
-        kwargs = {"default": default, "help": text.replace("%", "%%"), "dest": field.name}
-        if meta["choices"] is not None:
-            kwargs["choices"] = meta["choices"]
-        if meta["metavar"] is not None:
-            kwargs["metavar"] = meta["metavar"]
-        if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _value_type(str(field.type))
-        group.add_argument(flag(field.name), **kwargs)
+        name = field.metadata["group"]
+        if name not in groups:
+            groups[name] = target.add_argument_group(name)
+        groups[name].add_argument(field_flag(field), **_argument(field))
+    return groups
+
+
+def _argument(field) -> dict:
+    """argparse keywords for one option field."""
+    meta = field.metadata
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    shown = "on" if default is True else "off" if default is False else default
+    text = meta["help"] if default in (None, {}, ()) else f"{meta['help']} (default {shown})"
+    kwargs = {"default": default, "help": text.replace("%", "%%"), "dest": field.name}
+    if meta["choices"] is not None:
+        kwargs["choices"] = meta["choices"]
+    if meta["metavar"] is not None:
+        kwargs["metavar"] = meta["metavar"]
+    if isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _usage_errors(meta["parse"]) if meta["parse"] else _value_type(str(field.type))
+    return kwargs
+
+
+def _usage_errors(parse):
+    """A library parser whose ValueError becomes argparse's usage error with the same message (exit 2)."""
+
+    def parse_argument(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse_argument
 
 
 def options_from_args(options_class, args: argparse.Namespace, **given):

@@ -16,8 +16,8 @@ from rich.markup import escape  # noqa: E402
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
 from libspec.format.dataset import DEFAULT_SHARD_BYTES  # noqa: E402
-from libspec.format.tensors import STORAGE_DTYPES  # noqa: E402
-from tools._cli import EXIT_OK, make_parser, print_json, run, stderr  # noqa: E402
+from libspec.capture.gen_hidden import CAPTURE, SCALE, GenHiddenConfig  # noqa: E402
+from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr  # noqa: E402
 
 DESCRIPTION = """\
 Capture the verifier's hidden states on training conversations, for draft (speculator) training.
@@ -49,23 +49,6 @@ The JSON summary (counts read / dropped by reason / written, tokens, bytes) goes
 stdout with --json (to stderr as JSON when stdout carries the stream)."""
 
 
-def _layer_ids(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer ids such as 2,4,5,8; found {text!r}") from None
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"enable_thinking\": false}'")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("spec-gen-hidden", DESCRIPTION, EPILOG)
     what = parser.add_mutually_exclusive_group(required=True)
@@ -74,35 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="data set directory to create or resume; - streams to stdout")
     parser.add_argument("--verifier", metavar="PATH_OR_ID", help="the verifier: a model folder or a Hub id in the local cache")
 
-    model = parser.add_argument_group("capture")
-    model.add_argument("--layers", type=_layer_ids, metavar="IDS", help="layer ids to capture, e.g. 2,4,5,8 (default: EAGLE-3's aux layers plus n)")
-    model.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), default="bfloat16", help="how hidden states are stored (default: bfloat16; float8_e4m3fn halves disk, with per-token scales)")
-    model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype (auto: float32 on CPU, bfloat16 on GPU)")
-    model.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
-    model.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="hf: transformers with forward hooks (default); vllm: vLLM's extract_hidden_states (optional, GPU)")
-    model.add_argument("--max-len", type=int, metavar="N", help="truncate records to N tokens (default: the verifier's max_position_embeddings)")
-    model.add_argument("--batch-tokens", type=int, default=8192, metavar="N", help="padded tokens per forward batch (default: 8192)")
-    model.add_argument("--batch-size", type=int, default=64, metavar="N", help="sequences per forward batch at most (default: 64)")
-    model.add_argument("--window", type=int, default=256, metavar="N", help="inputs sorted by length together (default: 256)")
-    model.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    model.add_argument("--trust-remote-code", action="store_true", help="allow the verifier's own Python code (off by default)")
-
-    chat = parser.add_argument_group("chat template and loss mask")
-    chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the tokenizer's")
-    chat.add_argument("--chat-template-kwargs", type=_json_object, default={}, metavar="JSON", help="extra template variables, e.g. '{\"enable_thinking\": false}'")
-    chat.add_argument("--turn-policy", choices=["auto", "per-turn"], default="auto", help="auto: one record per conversation when the template renders history stably, else one per assistant turn; per-turn: always one per turn")
-    chat.add_argument("--skip-bad", action="store_true", help="skip and count malformed inputs instead of stopping at the first")
-
-    regen = parser.add_argument_group("on-policy regeneration")
-    regen.add_argument("--regenerate", action="store_true", help="replace assistant replies with the verifier's own before capturing, and answer prompt-only inputs")
-    regen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    regen.add_argument("--top-p", type=float, default=1.0)
-    regen.add_argument("--seed", type=int, default=0, help="sampling seed (a rerun with the same seed samples the same replies)")
-    regen.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
-
-    scale = parser.add_argument_group("scale and output")
-    scale.add_argument("--shard-index", type=int, default=0, metavar="I", help="this job's share of the inputs: item k goes to shard k mod --num-shards")
-    scale.add_argument("--num-shards", type=int, default=1, metavar="N")
+    sections = add_options(parser, GenHiddenConfig)
+    sections[CAPTURE].add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    scale = sections[SCALE]
     scale.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_BYTES / 2**20, metavar="MB", help="stored hidden states per data set shard (the resume granularity; default: 256)")
     scale.add_argument("--allow-partial", action="store_true", help="with --merge: allow shard outputs of a run to be missing")
     scale.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -126,20 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from libspec.capture.gen_hidden import EmptyDataSet, GenHiddenConfig, generate_hidden_states
+    from libspec.capture.gen_hidden import EmptyDataSet, generate_hidden_states
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = GenHiddenConfig(
-        verifier=args.verifier, inputs=tuple(args.data), output=args.output, layer_ids=args.layers,
-        storage_dtype=args.storage_dtype, dtype=args.dtype, device=args.device, max_len=args.max_len,
-        batch_tokens=args.batch_tokens, batch_size=args.batch_size, window=args.window,
-        shard_bytes=max(1, int(args.shard_mb * 2**20)), skip_bad=args.skip_bad, turn_policy=args.turn_policy,
-        chat_template=args.chat_template, chat_template_kwargs=args.chat_template_kwargs,
-        regenerate=args.regenerate, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, shard_index=args.shard_index, num_shards=args.num_shards, backend=args.backend,
-        trust_remote_code=args.trust_remote_code,
-    )  # fmt: skip
+    config = options_from_args(
+        GenHiddenConfig, args, verifier=args.verifier, inputs=tuple(args.data), output=args.output, shard_bytes=max(1, int(args.shard_mb * 2**20))
+    )
     try:
         with _progress(args.quiet) as (progress, update):
             summary = generate_hidden_states(config, on_progress=update)

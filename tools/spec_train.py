@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     io.add_argument("--data", required=True, metavar="DATASET", help="data set directory, stream file, or - for a stream on stdin")
     io.add_argument("--verifier", required=True, metavar="PATH", help="the verifier: a model folder or a Hub id in the local cache")
     io.add_argument("-o", "--output", required=True, metavar="OUT", help="run directory (created; rerun to resume)")
-    add_options(parser.add_argument_group("the run (any algorithm)"), TrainConfig)
-    add_options(parser.add_argument_group(f"the draft and how it is trained ({algorithm}; other --algorithm values have their own)"), options_class)
+    add_options(parser, TrainConfig, "the run (any algorithm)")
+    add_options(parser, options_class, f"the draft and how it is trained ({algorithm}; other --algorithm values have their own)")
     args = parser.parse_args(argv)
 
     draft = options_from_args(options_class, args)

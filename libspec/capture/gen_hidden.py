@@ -30,7 +30,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -43,6 +43,7 @@ from libspec.capture.inputs import RawItem, count_items, describe_inputs, expand
 from libspec.capture.record_maker import GenCounts, PreparedRecord, RecordMaker
 from libspec.capture.regenerate import Regenerator, SamplingOptions
 from libspec.errors import SpecError
+from libspec.options import option
 from libspec.format.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetWriter, read_manifest
 from libspec.format.digest import sha256_text
 from libspec.format.sample import make_header
@@ -54,6 +55,28 @@ TOOL = "spec-gen-hidden"
 BACKENDS = ("hf", "vllm")
 
 
+CAPTURE, CHAT, REGENERATION, SCALE = "capture", "chat template and loss mask", "on-policy regeneration", "scale and output"
+
+
+def layer_id_list(text: str) -> tuple[int, ...]:
+    """`2,4,5,8` -> (2, 4, 5, 8) (a command-line value)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated layer ids such as 2,4,5,8; found {text!r}") from None
+
+
+def json_object(text: str) -> dict:
+    """A JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object such as '{\"enable_thinking\": false}'")
+    return value
+
+
 @dataclass(frozen=True)
 class GenHiddenConfig:
     """Every option of a spec-gen-hidden run (recorded in the data set's manifest)."""
@@ -61,28 +84,35 @@ class GenHiddenConfig:
     verifier: str
     inputs: tuple[str, ...]
     output: str  # a data set directory, or "-" for a stream on stdout
-    layer_ids: tuple[int, ...] | None = None  # None: EAGLE-3's aux layers + the last
-    storage_dtype: str = "bfloat16"
-    dtype: str = "auto"
-    device: str = "auto"
-    max_len: int | None = None  # None: the verifier's max_position_embeddings
-    batch_tokens: int = 8192
-    batch_size: int = 64
-    window: int = 256
-    shard_bytes: int = DEFAULT_SHARD_BYTES
-    skip_bad: bool = False
-    turn_policy: str = "auto"
-    chat_template: str | None = None  # a template file replacing the tokenizer's
-    chat_template_kwargs: dict = field(default_factory=dict)
-    regenerate: bool = False
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    shard_index: int = 0
-    num_shards: int = 1
-    backend: str = "hf"
-    trust_remote_code: bool = False
+    layer_ids: tuple[int, ...] | None = option(
+        None, "layer ids to capture, e.g. 2,4,5,8 (default: EAGLE-3's aux layers plus n)", flag="--layers", metavar="IDS", group=CAPTURE, parse=layer_id_list
+    )
+    storage_dtype: str = option("bfloat16", "how hidden states are stored (float8_e4m3fn halves disk, with per-token scales)", choices=tuple(STORAGE_DTYPES), group=CAPTURE)
+    dtype: str = option("auto", "compute dtype (auto: float32 on CPU, bfloat16 on GPU)", choices=("auto", "float32", "bfloat16", "float16"), group=CAPTURE)
+    device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:N", group=CAPTURE)
+    backend: str = option("hf", "hf: transformers with forward hooks; vllm: vLLM's extract_hidden_states (optional, GPU)", choices=BACKENDS, group=CAPTURE)
+    max_len: int | None = option(None, "truncate records to N tokens (default: the verifier's max_position_embeddings)", metavar="N", group=CAPTURE)
+    batch_tokens: int = option(8192, "padded tokens per forward batch", metavar="N", group=CAPTURE)
+    batch_size: int = option(64, "sequences per forward batch at most", metavar="N", group=CAPTURE)
+    window: int = option(256, "inputs sorted by length together", metavar="N", group=CAPTURE)
+    trust_remote_code: bool = option(False, "allow the verifier's own Python code", group=CAPTURE)
+    chat_template: str | None = option(None, "a Jinja chat template file replacing the tokenizer's", metavar="FILE", group=CHAT)
+    chat_template_kwargs: dict = option(
+        None, "extra template variables, e.g. '{\"enable_thinking\": false}'", metavar="JSON", group=CHAT, parse=json_object, default_factory=dict
+    )
+    turn_policy: str = option(
+        "auto", "auto: one record per conversation when the template renders history stably, else one per assistant turn; "
+        "per-turn: always one per turn", choices=TURN_POLICIES, group=CHAT,
+    )  # fmt: skip
+    skip_bad: bool = option(False, "skip and count malformed inputs instead of stopping at the first", group=CHAT)
+    regenerate: bool = option(False, "replace assistant replies with the verifier's own before capturing, and answer prompt-only inputs", group=REGENERATION)
+    temperature: float = option(0.0, "sampling temperature of the regenerated replies; 0 is greedy", group=REGENERATION)
+    top_p: float = option(1.0, "nucleus sampling of the regenerated replies", group=REGENERATION)
+    max_new_tokens: int = option(512, "longest regenerated reply", metavar="N", group=REGENERATION)
+    seed: int = option(0, "sampling seed (a rerun with the same seed samples the same replies)", group=REGENERATION)
+    shard_index: int = option(0, "this job's share of the inputs: item k goes to shard k mod --num-shards", metavar="I", group=SCALE)
+    num_shards: int = option(1, "how many jobs share the inputs", metavar="N", group=SCALE)
+    shard_bytes: int = DEFAULT_SHARD_BYTES  # stored hidden states per data set shard (spec-gen-hidden --shard-mb)
 
     def check(self) -> None:
         """Raise SpecError on inconsistent options."""
