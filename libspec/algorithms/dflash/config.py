@@ -144,9 +144,9 @@ def config_warnings(config: dict, verifier_layers: int | None = None) -> list[st
         # keeps full-attention layers non-causal whatever the flag (it only governs sliding layers).
         warnings.append(
             f"sliding_window_non_causal is false: vLLM 0.33 then runs every draft layer causal within the block, while "
-            f"upstream speculators keeps full-attention layers {full} non-causal (the flag only makes its sliding layers "
-            "causal), so this checkpoint drafts differently in the two; the model was trained the upstream way if upstream "
-            "trained it. Serve it with vLLM only after checking acceptance, or set true if it was trained non-causal"
+            f"upstream speculators keeps full-attention layers {full} non-causal (the flag only governs its sliding layers), "
+            "so the same file drafts differently in the two (SPEC.md §11.8); a draft upstream trained would be served by "
+            "vLLM with a mask it was not trained with"
         )
     if (warning := eagle3.sliding_window_warning(tl)) is not None:
         warnings.append(warning)
