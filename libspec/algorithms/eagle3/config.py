@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libspec.errors import SpecError
 from libspec.verifier import text_config
 from libspec.serving import verifier_problem
 
@@ -200,6 +201,11 @@ def make_config(
 def options_from_config(config: dict) -> Eagle3Options:
     """Recover the options a config was made with."""
     tl = config["transformer_layer_config"]
+    if not config.get("eagle_aux_hidden_state_layer_ids"):
+        raise SpecError(
+            "eagle_aux_hidden_state_layer_ids is null: spec-tools' engine needs the ids written out; "
+            "`spec-convert CKPT --verifier V -o OUT` writes the verifier's default [2, n//2, n-3] that vLLM and upstream use"
+        )
     return Eagle3Options(
         aux_layer_ids=tuple(config["eagle_aux_hidden_state_layer_ids"]),
         num_layers=tl["num_hidden_layers"],
