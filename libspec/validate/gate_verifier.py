@@ -80,7 +80,7 @@ def write_stand_in_verifier(config: dict, folder: Path) -> Path:
         "architectures": [STAND_IN_ARCHITECTURES.get(style, "LlamaForCausalLM")],
         # Aux layer ids index the verifier's layers (id L = its last layer); a recorded depth is the true
         # one. Null EAGLE-3 ids mean the verifier's [2, n//2, n-3], valid from n = 7 on.
-        "num_hidden_layers": recorded.get("num_hidden_layers") or max([*aux, STAND_IN_DEPTH if not aux else 1]),
+        "num_hidden_layers": recorded.get("num_hidden_layers") or (max(max(aux), 1) if aux else STAND_IN_DEPTH),
         "tie_word_embeddings": False,
     }
     folder.mkdir(parents=True, exist_ok=True)

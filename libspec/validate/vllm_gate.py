@@ -5,10 +5,12 @@ and torch. With CPU torch and vLLM installed without its GPU dependencies (`./ju
 module runs, in order, what `vllm serve` runs before it touches a GPU:
 
 1. the speculators parser (`SpeculatorsConfig`, `maybe_override_with_speculators`: the short form);
-2. `SpeculativeConfig` for the exact speculative config our serve command passes;
-3. vLLM's draft class for the checkpoint (e.g. `Eagle3LlamaForCausalLM`), built with only the
-   attention layer replaced, and vLLM's `DefaultModelLoader` feeding our safetensors through the
-   model's own `load_weights`.
+   an EAGLE-1 folder (SPEC.md §11.6) has no speculators config, and vLLM must see none;
+2. `SpeculativeConfig` for the exact speculative config our serve command passes (method
+   eagle3, dflash, or eagle for an EAGLE-1 folder);
+3. vLLM's draft class for the checkpoint (`Eagle3LlamaForCausalLM`, `DFlashDraftModel`,
+   `EagleLlamaForCausalLM`, ...), built with only the attention layer replaced, and vLLM's
+   `DefaultModelLoader` feeding our safetensors through the model's own `load_weights`.
 
 vLLM does not notice a missing tensor (EAGLE-3's `load_weights` returns None, which turns its
 "weights not initialized" check off), so the gate tracks the load itself: every vLLM parameter
