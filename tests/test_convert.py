@@ -20,6 +20,7 @@ from libspec.convert.common import ConvertOptions
 from libspec.convert.pipeline import ConvertRequest, convert
 from libspec.errors import SpecError
 from libspec.validate.artifacts import validate
+from tools._cli import run
 from tools.spec_convert import main
 
 H, V, HEADS, KV, D, INTER = 16, 64, 2, 1, 8, 32
@@ -364,12 +365,49 @@ def test_legacy_speculators_eagle3_made_explicit(tmp_path, verifier):
     assert result.numeric_check["passed"], result.numeric_check
 
 
+def test_speculators_sliding_window_layers_are_carried_over(tmp_path, verifier):
+    """Issue 13.5: a speculators 0.8 config (sliding layers since 0.7) in the old rope/dtype spelling went
+    through the legacy path, which dropped layer_types/sliding_window/use_sliding_window: vLLM would
+    then attend to the whole context. An 8-position logit check cannot see a 2,048-token window, so
+    compare the configs."""
+    source = legacy_speculators_source(tmp_path)
+    config = json.loads((source / "config.json").read_text())
+    sliding = {"layer_types": ["sliding_attention"], "sliding_window": 2048, "use_sliding_window": True}
+    config["speculators_version"] = "0.8.0"
+    config["transformer_layer_config"].update(sliding)
+    (source / "config.json").write_text(json.dumps(config))
+    result = run_convert(source, verifier, tmp_path / "out")
+    assert result.format == "speculators-legacy"
+    converted, _ = reloads(result)
+    assert {key: converted["transformer_layer_config"].get(key) for key in sliding} == sliding
+    assert decision(result, "layer_types, sliding_window, use_sliding_window")["origin"] == "recorded"
+    report = validate(result.output)
+    assert any("sliding-window attention over 2048 tokens" in w and "does not model the window" in w for w in report.warnings)
+    assert any(note.startswith("warning: ") and "sliding-window" in note for note in result.notes)
+
+
 def test_legacy_speculators_eagle_type(tmp_path, verifier):
     result = run_convert(legacy_eagle_source(tmp_path), verifier, tmp_path / "out")
     assert (result.format, result.algorithm) == ("speculators-legacy", "eagle")
     config, _ = reloads(result)
     assert config["attention_bias"] is True and config["spec_tools"]["speculative_tokens"] == 4
     assert result.numeric_check["passed"], result.numeric_check
+
+
+def test_dflash_sliding_window_non_causal_false_is_a_warning_naming_the_difference(tmp_path, verifier):
+    """Issue 13.4: what upstream's converter and trainer write; valid, but vLLM runs every layer causal
+    where upstream keeps full-attention layers non-causal."""
+    first = run_convert(zlab_dflash_source(tmp_path), verifier, tmp_path / "ours")
+    config = ckpt.read_config(first.output)
+    assert not any("sliding_window_non_causal" in w for w in validate(first.output).warnings)
+    config["sliding_window_non_causal"] = False
+    ckpt.write_checkpoint(tmp_path / "causal", config, ckpt.load_tensors(first.output))
+    report = validate(str(tmp_path / "causal"))
+    assert report.ok and any("vLLM 0.33 then runs every draft layer causal" in w and "full-attention layers [0, 1]" in w for w in report.warnings)
+    result = run_convert(tmp_path / "causal", verifier, tmp_path / "again")
+    assert any("sliding_window_non_causal is false" in note for note in result.notes)
+    config["transformer_layer_config"].update(layer_types=["sliding_attention"] * 2, sliding_window=64)
+    assert not any("non_causal" in w for w in dflash.config_warnings(config))  # every layer sliding: both causal
 
 
 def test_options_override_and_are_reported(tmp_path, verifier):
@@ -489,6 +527,18 @@ def test_cli_json_and_human_output(tmp_path, verifier, capsys):
     assert "converted" in text and "sliding_window_non_causal = true" in text and "logits match" in text and "vllm serve" in text
 
 
+def test_cli_json_error_is_a_json_document_and_a_line_on_stderr(tmp_path, verifier, capsys):
+    """Issue 13.1: with --json a failed conversion printed nothing on stdout."""
+    source = write_source(tmp_path / "odd", {"model_type": "llama"}, {"something.weight": torch.zeros(2, 2)})
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, [str(source), "--verifier", str(verifier), "-o", str(tmp_path / "out"), "--json"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["ok"] is False and "no known draft layout" in document["error"] and document["output"] == str(tmp_path / "out")
+    assert "error:" in captured.err and "no known draft layout" in captured.err
+
+
 def test_cli_check_acceptance_without_local_weights_says_why(tmp_path, verifier, capsys):
     assert main([str(safeailab_eagle3_source(tmp_path)), "--verifier", str(verifier), "-o", str(tmp_path / "o"), "--check-acceptance", "--json"]) == 0
     assert "not local" in json.loads(capsys.readouterr().out)["acceptance"]["skipped"]
@@ -527,7 +577,8 @@ def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, 
         (specforge_source, ["vllm", "upstream"]),
         (nvidia_source, ["vllm", "upstream"]),
         (legacy_speculators_source, ["vllm", "upstream"]),
-        (zlab_dflash_source, ["upstream"]),  # the vLLM gate checks EAGLE-3 heads only
+        (zlab_dflash_source, ["vllm", "upstream"]),  # issue 13.2: vLLM's mask_embedding is not a checkpoint tensor
+        (eagle1_source, ["vllm", "upstream"]),  # issue 13.3: method eagle; upstream has no EAGLE-1 type (not applicable)
     ],
 )
 def test_vllm_and_upstream_load_the_result(tmp_path, make, gates):
@@ -539,3 +590,32 @@ def test_vllm_and_upstream_load_the_result(tmp_path, make, gates):
     assert len(reports) == len(gates)
     for (path, gate), report in reports.items():
         assert report.ok, f"{gate} gate: {report.problems}"
+
+
+def test_vllm_gate_on_dflash_and_eagle1_folders_sees_what_is_missing(tmp_path, verifier):
+    """Issues 13.2-13.3: DFlash's top-level hidden_norm is a real tensor (not EAGLE-3's unused per-layer
+    norm); vLLM's mask_embedding comes only from a mask_embedding.pt; EAGLE-1 folders load with method eagle."""
+    require_gates()
+    dflash_dir = run_convert(zlab_dflash_source(tmp_path), verifier, tmp_path / "dflash-out").output
+    eagle1_dir = run_convert(eagle1_source(tmp_path), verifier, tmp_path / "eagle1-out").output
+    variants = {"dflash": dflash_dir, "eagle1": eagle1_dir}
+    for name, base, drop in (("dflash-no-hidden-norm", dflash_dir, "hidden_norm.weight"), ("eagle1-no-norm", eagle1_dir, "layers.1.input_layernorm.weight")):
+        tensors = ckpt.load_tensors(base)
+        tensors.pop(drop)
+        variants[name] = str(ckpt.write_checkpoint(tmp_path / name, ckpt.read_config(base), tensors))
+    mask_dir = tmp_path / "dflash-mask-embedding"
+    ckpt.write_checkpoint(mask_dir, ckpt.read_config(dflash_dir), ckpt.load_tensors(dflash_dir))
+    torch.save({"mask_token_id": 63, "embedding": torch.randn(H)}, mask_dir / "mask_embedding.pt")
+    variants["dflash-mask-embedding"] = str(mask_dir)
+    reports = gate_reports(variants.values(), ["vllm"])
+    vllm = {name: reports[(str(path), "vllm")] for name, path in variants.items()}
+    assert vllm["dflash"].ok and vllm["eagle1"].ok and vllm["dflash-mask-embedding"].ok, {n: r.problems for n, r in vllm.items()}
+    assert "model.mask_embedding" in vllm["dflash"].facts["not_from_checkpoint"]
+    assert "model.mask_embedding" not in vllm["dflash-mask-embedding"].facts["not_from_checkpoint"]  # loaded from the .pt
+    assert "model.hidden_norm.weight" not in vllm["dflash"].facts["not_from_checkpoint"]
+    assert any("vLLM parameter model.hidden_norm.weight [16]: 16 of 16 values were not loaded" in p for p in vllm["dflash-no-hidden-norm"].problems)
+    assert vllm["eagle1"].facts["method"] == "eagle" and vllm["eagle1"].facts["draft_architecture"] == "EagleLlamaForCausalLM"
+    assert '"method": "eagle"' in vllm["eagle1"].facts["serve"]
+    assert any("model.layers.1.input_layernorm.weight [16]: 16 of 16 values were not loaded" in p for p in vllm["eagle1-no-norm"].problems)
+    for name in ("dflash-no-hidden-norm", "eagle1-no-norm"):
+        assert not validate(variants[name]).ok  # our own checks name the missing tensor too

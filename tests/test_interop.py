@@ -17,6 +17,7 @@ from conftest import TINY_LLAMA, random_checkpoint_tensors
 from gates import assert_servable, gate_reports, require_gates, session
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
+from libspec.convert.pipeline import ConvertRequest, convert
 from libspec import serving
 from libspec.errors import SpecError
 from libspec.validate.gates import STAMP, gate_python, run_gates
@@ -142,7 +143,8 @@ def test_a_local_verifier_is_used_for_real_and_served_by_the_long_form(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def upstream_checkpoints(tmp_path_factory):
+def upstream_written(tmp_path_factory):
+    """Every checkpoint tests/upstream_writer.py writes with upstream's own code, by name."""
     require_gates()
     root = tmp_path_factory.mktemp("upstream")
     written = subprocess.run(
@@ -150,10 +152,22 @@ def upstream_checkpoints(tmp_path_factory):
         capture_output=True, text=True, check=False, timeout=600,
     )
     assert written.returncode == 0, written.stderr[-2000:]
-    return [root / name for name in written.stdout.split()]
+    return {name: root / name for name in written.stdout.split()}
 
 
-def test_upstream_written_checkpoints_pass_our_checks_loader_and_both_gates(upstream_checkpoints):
+@pytest.fixture(scope="module")
+def upstream_checkpoints(upstream_written):
+    """The EAGLE-3 checkpoints upstream's trainer writes."""
+    return [path for name, path in upstream_written.items() if name.startswith(("up-llama", "up-qwen3"))]
+
+
+@pytest.fixture(scope="module")
+def upstream_gate_reports(upstream_written):
+    """Both gates on everything upstream wrote, in one call."""
+    return gate_reports(upstream_written.values())
+
+
+def test_upstream_written_checkpoints_pass_our_checks_loader_and_both_gates(upstream_checkpoints, upstream_gate_reports):
     assert len(upstream_checkpoints) == 6
     for path in upstream_checkpoints:
         config = ckpt.read_config(path)
@@ -161,7 +175,72 @@ def test_upstream_written_checkpoints_pass_our_checks_loader_and_both_gates(upst
         tensors = ckpt.load_tensors(path)
         assert set(tensors) == set(eagle3.expected_tensors(config)), path.name
         assert options.aux_layer_ids == (1, 2, 3) and options.speculative_tokens == 3
-    assert assert_servable(*upstream_checkpoints) == ["vllm", "upstream"]
+        assert validate(str(path)).ok
+        for gate in ("vllm", "upstream"):
+            assert upstream_gate_reports[(str(path), gate)].ok, (gate, upstream_gate_reports[(str(path), gate)].problems)
+
+
+def test_upstream_converter_output_with_null_layer_ids_is_valid_servable_and_importable(upstream_written, upstream_gate_reports, tmp_path):
+    """Issue 13.1: upstream's Eagle3Converter writes `eagle_aux_hidden_state_layer_ids: null` and no
+    num_aux_hidden_states; vLLM and upstream both load it (fc for 3, the verifier's [2, n//2, n-3])."""
+    path = upstream_written["up-converted-eagle3"]
+    config = ckpt.read_config(path)
+    assert config["eagle_aux_hidden_state_layer_ids"] is None and "num_aux_hidden_states" not in config["transformer_layer_config"]
+    report = validate(str(path))
+    assert report.ok, report.problems  # was: "would size fc for 3 aux layers, not 0", and no tensor checked
+    assert report.facts["aux_layer_ids"] == [2, 4, 5] and "n = 8" in report.facts["aux_layer_ids_from"]
+    for gate in ("vllm", "upstream"):
+        assert upstream_gate_reports[(str(path), gate)].ok, (gate, upstream_gate_reports[(str(path), gate)].problems)
+    verifier = ckpt.read_config(path)["speculators_config"]["verifier"]["name_or_path"]
+    result = convert(ConvertRequest(str(path), verifier, str(tmp_path / "imported")))
+    imported = ckpt.read_config(result.output)
+    assert imported["eagle_aux_hidden_state_layer_ids"] == [2, 4, 5] and imported["transformer_layer_config"]["num_aux_hidden_states"] == 3
+    assert {d["setting"]: d["origin"] for d in result.decisions}["aux_layer_ids"] == "default"
+    assert ckpt.load_tensors(result.output).keys() == ckpt.load_tensors(path).keys()
+
+
+def test_vllm_and_upstream_run_a_dflash_block_differently_when_sliding_window_non_causal_is_false(upstream_written, upstream_gate_reports):
+    """Issue 13.4: what upstream's trainer writes for full-attention layers; vLLM makes every layer causal."""
+    full, sliding = str(upstream_written["up-dflash-full"]), str(upstream_written["up-dflash-sliding"])
+    vllm, upstream = upstream_gate_reports[(full, "vllm")], upstream_gate_reports[(full, "upstream")]
+    assert vllm.ok and upstream.ok, vllm.problems + upstream.problems  # issue 13.2: no more "model.mask_embedding not loaded"
+    assert [layer["causal"] for layer in vllm.facts["draft_layer_attention"]] == [True, True]
+    assert [layer["causal"] for layer in upstream.facts["draft_layer_attention"]] == [False, False]
+    assert any("sliding_window_non_causal is false" in w and "[0, 1]" in w for w in validate(full).warnings)
+    # Every layer sliding (upstream's trainer default): both causal, no warning about the flag.
+    assert upstream_gate_reports[(sliding, "vllm")].facts["draft_layer_attention"] == upstream_gate_reports[(sliding, "upstream")].facts["draft_layer_attention"]
+    assert not any("sliding_window_non_causal" in w for w in validate(sliding).warnings)
+
+
+def make_null_aux_config(verifier, **changes):
+    """What upstream's EAGLE-3 converter writes: null aux ids, no num_aux_hidden_states."""
+    config = make_config(verifier=str(verifier), **changes)
+    config["eagle_aux_hidden_state_layer_ids"] = None
+    del config["transformer_layer_config"]["num_aux_hidden_states"]
+    return config
+
+
+def test_null_aux_layer_ids_mean_the_verifiers_default_layers(tmp_path):
+    """Issue 13.1 without the gates: fc is checked for 3 hidden states; the layers need the verifier's depth."""
+    from conftest import write_fake_verifier
+
+    deep = write_fake_verifier(tmp_path / "deep", {**TINY_LLAMA, "num_hidden_layers": 8})
+    report = validate(str(write(tmp_path / "ok", make_null_aux_config(deep))))
+    assert report.ok and not report.warnings, report.problems + report.warnings
+    assert report.facts["aux_layer_ids"] == [2, 4, 5]
+    wrong_fc = make_null_aux_config(deep)
+    tensors = random_checkpoint_tensors({**wrong_fc, "eagle_aux_hidden_state_layer_ids": [1, 2, 3, 4]})
+    report = validate(str(write(tmp_path / "wide-fc", wrong_fc, tensors)))
+    assert any("tensor fc.weight has shape [16, 64], the config implies [16, 48]" in p for p in report.problems), report.problems
+    shallow = write_fake_verifier(tmp_path / "shallow", TINY_LLAMA)  # 4 layers: [2, 2, 1]
+    report = validate(str(write(tmp_path / "shallow-ckpt", make_null_aux_config(shallow))))
+    assert any("[2, n//2, n-3] = [2, 2, 1]" in p and "upstream refuses" in p for p in report.problems), report.problems
+    declared = make_null_aux_config(deep)
+    declared["transformer_layer_config"]["num_aux_hidden_states"] = 4
+    report = validate(str(write(tmp_path / "declared", declared)))
+    assert any("num_aux_hidden_states is 4 but eagle_aux_hidden_state_layer_ids is null" in p for p in report.problems)
+    unknown = validate(str(write(tmp_path / "hub", make_null_aux_config(HUB_VERIFIER))))
+    assert unknown.ok and any("n is not known here" in w for w in unknown.warnings), unknown.warnings
 
 
 # ---- broken checkpoints: caught by our checks; what vLLM and upstream do with them -----------

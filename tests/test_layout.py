@@ -17,7 +17,7 @@ from libspec.format import checkpoint as ckpt
 
 LIBSPEC = Path(algorithms.__file__).resolve().parents[1]
 REPO = LIBSPEC.parent
-ENTRY_POINTS = ("ALGORITHM", "config_problems", "expected_tensors", "verifier_problems", "checkpoint_facts", "load_proposer", "training")
+ENTRY_POINTS = ("ALGORITHM", "config_problems", "config_warnings", "expected_tensors", "verifier_problems", "checkpoint_facts", "load_proposer", "training")
 TRAINING_ENTRY_POINTS = ("Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units")
 
 

@@ -85,10 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_acceptance=args.check_acceptance,
         seed=args.seed,
     )
-    with stderr.status("converting") as status:
-        result = convert(request, lambda message: status.update(message))
+    try:
+        with stderr.status("converting") as status:
+            result = convert(request, lambda message: status.update(message))
+    except SpecError as error:
+        if args.json:  # a machine reading stdout gets a document either way; the error line still goes to stderr
+            print_json({"ok": False, "error": str(error), "input": args.input, "output": args.output})
+        raise
     if args.json:
-        print_json(result.to_dict())
+        print_json({"ok": True, **result.to_dict()})
     else:
         print_result(result)
     return EXIT_OK

@@ -65,11 +65,15 @@ def _interleave(reports: list[Report], gate_reports: list[Report]) -> list[Repor
 
 
 def print_report(report: Report) -> None:
-    """One line of verdict, the facts, then every problem on its own line."""
+    """One line of verdict, the facts, then every warning and every problem on its own line."""
     mark = "[green]✓ valid[/]" if report.ok else f"[red]✗ {len(report.problems)} problem(s)[/]"
+    if report.warnings:
+        mark += f" [yellow]({len(report.warnings)} warning(s))[/]"
     stdout.print(f"{mark}  {report.kind}  [bold]{escape(report.path)}[/]")
     for key, value in report.facts.items():
         stdout.print(f"    {key}: {escape(str(value))}", style="dim")
+    for warning in report.warnings:
+        stdout.print(f"  [yellow]! {escape(warning)}[/]")
     for problem in report.problems:
         stdout.print(f"  [red]-[/] {escape(problem)}")
 

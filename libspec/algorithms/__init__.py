@@ -3,10 +3,13 @@ means adding its package and its name to `NAMES`.
 
 What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
   ALGORITHM                                      its `speculators_model_type` (or "eagle")
-  config_problems(config) -> list[str]           what is wrong with a checkpoint config.json
+  config_problems(config, verifier_layers=None) -> list[str]   what is wrong with a checkpoint config.json
+  config_warnings(config, verifier_layers=None) -> list[str]   what a valid config leaves unchecked, or
+                                                 vLLM and upstream read differently
   expected_tensors(config) -> {name: TensorSpec} the weights the config implies
   verifier_problems(config, verifier_config)     where it does not fit a verifier
-  checkpoint_facts(config) -> dict               what spec-validate reports about it
+  checkpoint_facts(config, verifier_layers=None) -> dict       what spec-validate reports about it
+  (verifier_layers: the verifier's layer count when spec-validate knows it, else None)
   load_proposer(checkpoint_dir, verifier_model, dtype)   a drafter for the decoding engine
   training                                       its training module, or None if spec-train cannot train it:
       Options (an options dataclass, see libspec/options.py), draft_config, build_draft,

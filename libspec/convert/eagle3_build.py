@@ -17,6 +17,7 @@ import torch
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.convert.common import (
     DERIVED,
+    RECORDED,
     Conversion,
     ConvertOptions,
     Decision,
@@ -33,6 +34,9 @@ from libspec.convert.source import Source
 from libspec.errors import SpecError
 
 LAYER_TENSOR = re.compile(r"layers\.(\d+)\.(.+)")
+# Per-layer attention kind and window: vLLM (LlamaAttention, Qwen3Eagle3 layers) and upstream
+# speculators (Eagle3DraftModel.sliding_window_indices) both apply them, so they travel as recorded.
+SLIDING_KEYS = ("layer_types", "sliding_window", "use_sliding_window")
 LAYER_PARTS = {
     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
     "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
@@ -54,7 +58,9 @@ class Eagle3Facts:
     tokens_default: int
     tokens_reason: str
     norm_output: bool = False  # in vLLM's sense: the next step reads norm(h)
-    layer: dict = field(default_factory=dict)  # num_attention_heads, rms_norm_eps, rope_parameters, max_position_embeddings, hidden_act
+    # num_attention_heads, rms_norm_eps, rope_parameters, max_position_embeddings, hidden_act, and
+    # the SLIDING_KEYS of a source whose own code applies them (speculators configs)
+    layer: dict = field(default_factory=dict)
 
 
 def rename_midlayer(name: str) -> str:
@@ -114,6 +120,7 @@ def build_eagle3(
     record = spec_tools_record(format_name, source.path, verifier)
     conversion.config = eagle3.make_config(verifier.config, verifier.name_or_path, eagle3_options, dtype_name(dtype), record)
     conversion.config["transformer_layer_config"].update(_draft_layer(shape, facts.layer, verifier.lm))
+    _carry_sliding_window(conversion, facts.layer, shape["num_layers"], source.path)
     layout = replace(layout, num_layers=shape["num_layers"], norm_before_residual=norm_before_residual)
     conversion.reference = reference_builder(source, layout, conversion, source_aux, facts.layer.get("rope_source") or source.config)
     conversion.reference_name = reference_name
@@ -146,6 +153,18 @@ def _check_fit(where: str, shape: dict, layer: dict, tensors, lm: dict) -> None:
     for name, what in (("t2d", "t2d"), ("embed_tokens.weight", "embed_tokens")):
         if name in tensors and tensors[name].shape[0] != lm["vocab_size"]:
             raise SpecError(f"{where}: the source's {what} covers a vocabulary of {tensors[name].shape[0]}, the verifier's has {lm['vocab_size']} (wrong verifier?)")
+
+
+def _carry_sliding_window(conversion: Conversion, layer: dict, num_layers: int, where: str) -> None:
+    """Keep the source's sliding-window layers: dropping them would make vLLM attend to the whole context."""
+    carried = {key: layer[key] for key in SLIDING_KEYS if layer.get(key) is not None}
+    if not carried:
+        return
+    layer_types = carried.get("layer_types")
+    if layer_types is not None and len(layer_types) != num_layers:
+        raise SpecError(f"{where}: layer_types lists {len(layer_types)} layers but the draft has {num_layers}")
+    conversion.config["transformer_layer_config"].update(carried)
+    conversion.decisions.append(Decision(", ".join(carried), [carried[key] for key in carried], RECORDED, "recorded in the source"))
 
 
 def _draft_layer(shape: dict, layer: dict, lm: dict) -> dict:

@@ -77,6 +77,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
         report = validate(str(staging))
         if not report.ok:
             raise SpecError(f"the converted checkpoint is not valid: {'; '.join(report.problems)}")
+        conversion.notes.extend(f"warning: {warning}" for warning in report.warnings)
         progress("comparing logits with the source's own forward")
         check = numeric_check(conversion, staging, verifier, request.seed)
         if check is not None and not check.passed:

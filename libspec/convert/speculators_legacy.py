@@ -18,7 +18,7 @@ from libspec.algorithms.eagle3.config import rope_parameters
 from libspec.convert.common import DEFAULT, Conversion, ConvertOptions, Decision
 from libspec.format import checkpoint as ckpt
 from libspec.verifier import VerifierConfig
-from libspec.convert.eagle3_build import Eagle3Facts, build_eagle3, default_aux
+from libspec.convert.eagle3_build import SLIDING_KEYS, Eagle3Facts, build_eagle3, default_aux
 from libspec.convert.reference import Eagle3Layout, EagleLayout
 from libspec.convert.safeailab_eagle import build_eagle
 from libspec.convert.source import Source
@@ -74,6 +74,8 @@ def convert(source: Source, verifier: VerifierConfig, options: ConvertOptions, n
         "hidden_act": tl.get("hidden_act", "silu"),
         "target_hidden_size": config.get("target_hidden_size"),
         "rope_source": tl,
+        # speculators >= 0.7 trains sliding-window layers; vLLM and upstream both apply them.
+        **{key: tl[key] for key in SLIDING_KEYS if key in tl},
     }
     if config["speculators_model_type"] == "eagle":
         conversion = _convert_eagle(source, verifier, options, name, layer, tokens)

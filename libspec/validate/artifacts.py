@@ -16,6 +16,7 @@ from libspec.format import checkpoint as ckpt
 from libspec.algorithms import algorithm_for, algorithm_name
 from libspec.algorithms.eagle import config as eagle
 from libspec.format.dataset import MANIFEST, Dataset, read_manifest
+from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError, where
 from libspec.format.records import read_record_shard, record_problems
 from libspec.format.schemas import schema_problems
@@ -27,12 +28,15 @@ KINDS = ("dataset", "checkpoint", "record-shard", "tensor-shard", "stream")
 
 @dataclass
 class Report:
-    """What a check found: problems make it invalid; facts describe what was checked."""
+    """What a check found: problems make it invalid; warnings name what it cannot vouch for
+    (e.g. vLLM and upstream reading the same file differently) without making it invalid;
+    facts describe what was checked."""
 
     path: str
     kind: str
     problems: list[str] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -224,15 +228,37 @@ def _check_checkpoint(report: Report) -> None:
     if algorithm is None:
         report.problems.append(f"{ckpt.CONFIG}: speculators_model_type {model_type!r} is not one spec-tools can check")
         return
-    report.problems.extend(f"{ckpt.CONFIG}: {p}" for p in algorithm.config_problems(config))
+    verifier_layers = _verifier_layers(config)
+    report.problems.extend(f"{ckpt.CONFIG}: {p}" for p in algorithm.config_problems(config, verifier_layers=verifier_layers))
+    report.warnings.extend(f"{ckpt.CONFIG}: {w}" for w in algorithm.config_warnings(config, verifier_layers=verifier_layers))
     if report.problems:
         return  # the expected weights cannot be derived from a broken config
     headers = ckpt.tensor_headers(report.path)
     _check_weight_names_and_shapes(report, config, algorithm.expected_tensors(config), headers)
     if not report.problems:
         _check_weight_values(report, config, algorithm)
-    report.facts.update(algorithm.checkpoint_facts(config))
+    report.facts.update(algorithm.checkpoint_facts(config, verifier_layers=verifier_layers))
     report.facts.update({"num_tensors": len(headers), "parameters": sum(_numel(shape) for _, shape in headers.values())})
+
+
+def _verifier_layers(config: dict) -> int | None:
+    """The verifier's layer count: from its config.json when it is on this machine (a folder or the
+    Hugging Face cache; never downloaded), else as spec_tools recorded it, else None."""
+    from libspec.validate.gate_verifier import local_verifier_dir
+    from libspec.verifier import text_config
+
+    verifier = config.get("speculators_config", config.get("spec_tools"))
+    name = ((verifier or {}).get("verifier") or {}).get("name_or_path")
+    folder = local_verifier_dir(name) if isinstance(name, str) and name else None
+    if folder is not None and (folder / ckpt.CONFIG).is_file():
+        try:
+            layers = text_config(read_json_object(folder / ckpt.CONFIG)).get("num_hidden_layers")
+        except SpecError:
+            layers = None
+        if isinstance(layers, int):
+            return layers
+    recorded = (((config.get("spec_tools") or {}).get("verifier")) or {}).get("num_hidden_layers")
+    return recorded if isinstance(recorded, int) else None
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -15,6 +15,7 @@ from libspec.serving import verifier_kind
 from libspec.format.json_files import read_json_object
 
 STAND_IN_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+STAND_IN_DEPTH = 8  # layers of a stand-in whose checkpoint names no aux ids and records no depth
 COPIED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters", "rope_theta")  # fmt: skip
 
@@ -45,7 +46,7 @@ def local_verifier_dir(name_or_path: str) -> Path | None:
 
 def gate_verifier(config: dict, workdir: Path) -> GateVerifier:
     """The real verifier folder if this machine has it, else a stand-in written under `workdir`."""
-    name = ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path")
+    name = (_verifier_record(config).get("verifier") or {}).get("name_or_path")
     folder = local_verifier_dir(name) if isinstance(name, str) and name else None
     if folder is not None and (folder / "config.json").is_file():
         has_weights = any(folder.glob("*.safetensors"))
@@ -61,18 +62,25 @@ def gate_verifier(config: dict, workdir: Path) -> GateVerifier:
     return GateVerifier(stand_in, False, note)
 
 
+def _verifier_record(config: dict) -> dict:
+    """Where a checkpoint config names its verifier: speculators_config, or spec_tools in an EAGLE-1 folder."""
+    return config.get("speculators_config") or config.get("spec_tools") or {}
+
+
 def write_stand_in_verifier(config: dict, folder: Path) -> Path:
     """A config-only verifier with the shapes the checkpoint says its verifier has."""
-    layer = config.get("transformer_layer_config") or {}
+    # An EAGLE-1 folder is itself a flat Llama config with the verifier's hidden and vocabulary sizes.
+    layer = config.get("transformer_layer_config") or (config if "speculators_config" not in config else {})
     recorded = (config.get("spec_tools") or {}).get("verifier") or {}
-    aux = config.get("eagle_aux_hidden_state_layer_ids") or [1]
+    aux = config.get("eagle_aux_hidden_state_layer_ids") or config.get("aux_hidden_state_layer_ids") or []
     style = layer.get("model_type")
     stand_in = {
         **{key: layer[key] for key in COPIED_KEYS if key in layer},
         "model_type": style if style in STAND_IN_ARCHITECTURES else "llama",
         "architectures": [STAND_IN_ARCHITECTURES.get(style, "LlamaForCausalLM")],
-        # Aux layer ids index the verifier's layers (id L = its last layer); a recorded depth is the true one.
-        "num_hidden_layers": recorded.get("num_hidden_layers") or max(max(aux), 1),
+        # Aux layer ids index the verifier's layers (id L = its last layer); a recorded depth is the true
+        # one. Null EAGLE-3 ids mean the verifier's [2, n//2, n-3], valid from n = 7 on.
+        "num_hidden_layers": recorded.get("num_hidden_layers") or (max(max(aux), 1) if aux else STAND_IN_DEPTH),
         "tie_word_embeddings": False,
     }
     folder.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ class GateSession:
         answer = json.loads(line)
         if "error" in answer:
             raise SpecError(f"gate environment {gate_venv()}: {answer['error']}")
-        return [Report(**{key: r[key] for key in ("path", "kind", "problems", "facts")}) for r in answer["reports"]]
+        return [Report(r["path"], r["kind"], r["problems"], r["facts"], r.get("warnings", [])) for r in answer["reports"]]
 
     def _start_child(self) -> subprocess.Popen:
         if self._child is not None and self._child.poll() is None:

@@ -22,6 +22,8 @@ from unittest import mock
 
 import torch
 
+from libspec.algorithms import algorithm_name
+from libspec.algorithms.eagle import config as eagle
 from libspec.format import checkpoint as ckpt
 from libspec.errors import SpecError
 from libspec.validate.gate_verifier import gate_verifier
@@ -49,6 +51,12 @@ def check(path: str | Path) -> Report:
     except SpecError as error:
         report.problems.append(str(error))
         return report
+    if algorithm_name(config) == eagle.ALGORITHM:
+        report.facts["not_applicable"] = (
+            "an EAGLE-1/HASS folder (SPEC.md §11.6): upstream speculators 0.9.0 has no such type any more, "
+            "so there is nothing of upstream's to load it with; vLLM serves it (method eagle)"
+        )
+        return report
     with _quiet_upstream():
         report.facts["speculators_version"] = importlib.metadata.version("speculators")
         if report.facts["speculators_version"] != TESTED_VERSION:
@@ -58,6 +66,7 @@ def check(path: str | Path) -> Report:
     if model is None:
         return report
     report.facts["upstream_class"] = type(model).__name__
+    report.facts["draft_layer_attention"] = _layer_attention(model)
     _compare(model.state_dict(), ours, report)
     return report
 
@@ -91,6 +100,22 @@ def _load(path: Path, config: dict, report: Report, workdir: Path):
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         report.problems.append(f"upstream speculators could not load the checkpoint: {type(error).__name__}: {message}"[:600])
         return None
+
+
+def _layer_attention(model) -> list[dict]:
+    """Each draft layer's attention as upstream's model holds it: its sliding window (None: full)
+    and, for DFlash, whether the block is causal (dflash/attention.py: full-attention layers never
+    are; sliding layers are unless sliding_window_non_causal)."""
+    sliding = set(getattr(model, "sliding_window_indices", []) or [])
+    window = getattr(model, "sliding_window", None)
+    non_causal = getattr(model, "sliding_window_non_causal", None)
+    layers = []
+    for index in range(len(model.layers)):
+        layer = {"sliding_window": window if index in sliding else None}
+        if non_causal is not None:
+            layer["causal"] = index in sliding and window is not None and not non_causal
+        layers.append(layer)
+    return layers
 
 
 def _compare(upstream: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], report: Report) -> None:

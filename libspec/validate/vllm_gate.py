@@ -5,10 +5,12 @@ and torch. With CPU torch and vLLM installed without its GPU dependencies (`./ju
 module runs, in order, what `vllm serve` runs before it touches a GPU:
 
 1. the speculators parser (`SpeculatorsConfig`, `maybe_override_with_speculators`: the short form);
-2. `SpeculativeConfig` for the exact speculative config our serve command passes;
-3. vLLM's draft class for the checkpoint (e.g. `Eagle3LlamaForCausalLM`), built with only the
-   attention layer replaced, and vLLM's `DefaultModelLoader` feeding our safetensors through the
-   model's own `load_weights`.
+   an EAGLE-1 folder (SPEC.md §11.6) has no speculators config, and vLLM must see none;
+2. `SpeculativeConfig` for the exact speculative config our serve command passes (method
+   eagle3, dflash, or eagle for an EAGLE-1 folder);
+3. vLLM's draft class for the checkpoint (`Eagle3LlamaForCausalLM`, `DFlashDraftModel`,
+   `EagleLlamaForCausalLM`, ...), built with only the attention layer replaced, and vLLM's
+   `DefaultModelLoader` feeding our safetensors through the model's own `load_weights`.
 
 vLLM does not notice a missing tensor (EAGLE-3's `load_weights` returns None, which turns its
 "weights not initialized" check off), so the gate tracks the load itself: every vLLM parameter
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +33,8 @@ import torch
 from torch import nn
 
 from libspec.format import checkpoint as ckpt
-from libspec.algorithms import algorithm_for
+from libspec.algorithms import algorithm_for, algorithm_name
+from libspec.algorithms.eagle import config as eagle
 from libspec.errors import SpecError
 from libspec import serving
 from libspec.validate.gate_verifier import gate_verifier
@@ -46,6 +50,7 @@ COPIED_KEYS = {
 }
 # Checkpoint tensors vLLM ignores by design: t2d (it maps draft ids with d2t alone).
 IGNORED_BY_VLLM = {"t2d"}
+EAGLE3_LAYER_HIDDEN_NORM = re.compile(r"model\.layers\.(\d+)\.hidden_norm\.weight")
 
 
 def check(path: str | Path) -> Report:
@@ -68,7 +73,8 @@ def check(path: str | Path) -> Report:
 
 def _run_stages(path: Path, config: dict, report: Report, workdir: Path) -> None:
     """Each stage adds problems and returns None when the next stage cannot run."""
-    speculative = _parse(path, config, report)
+    plain_eagle = algorithm_name(config) == eagle.ALGORITHM
+    speculative = _plain_eagle_folder(path, config, report) if plain_eagle else _parse(path, config, report)
     if speculative is None:
         return
     target = _target_model_config(config, report, workdir)
@@ -82,6 +88,7 @@ def _run_stages(path: Path, config: dict, report: Report, workdir: Path) -> None
     if model_and_config is None:
         return
     model, vllm_config = model_and_config
+    report.facts["draft_layer_attention"] = _layer_attention(model)
     _load_and_account(config, report, model, vllm_config, spec_config)
 
 
@@ -120,6 +127,25 @@ def _parse(path: Path, config: dict, report: Report) -> dict | None:
         report.problems.append(f"vLLM picked draft class {report.facts['architecture']}, expected {expected}")
     _compare_copied_keys(config, draft, report)
     _check_short_form(path, config, report)
+    report.facts["serve"] = serving.serve_command(path, config)
+    return ours
+
+
+def _plain_eagle_folder(path: Path, config: dict, report: Report) -> dict | None:
+    """An EAGLE-1 folder (SPEC.md §11.6) has no speculators config: vLLM must see none, and serves
+    it only by the long form with method "eagle" (SpeculativeConfig renames its Llama class EagleLlamaForCausalLM)."""
+    from vllm.transformers_utils.config import maybe_override_with_speculators
+
+    detected = _stage(report, "speculators detection", lambda: maybe_override_with_speculators(str(path), None, trust_remote_code=False))
+    if detected is None:
+        return None
+    if detected[2] is not None:
+        report.problems.append(f"vLLM reads {path} as a speculators checkpoint ({detected[2]}), not as an EAGLE-1 folder")
+        return None
+    ours = serving.speculative_config(path, config)
+    report.facts.update({"method": ours["method"], "num_speculative_tokens": ours["num_speculative_tokens"]})
+    report.facts["architecture"] = (config.get("architectures") or [None])[0]
+    report.facts["short_form"] = "none: vLLM serves an EAGLE-1 folder only by the --speculative-config form with method eagle"
     report.facts["serve"] = serving.serve_command(path, config)
     return ours
 
@@ -194,6 +220,7 @@ class StandInAttention(nn.Module):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__()
+        self.per_layer_sliding_window = kwargs.get("per_layer_sliding_window")  # what vLLM asked for, reported
 
 
 def _build_draft(target, spec_config):
@@ -215,6 +242,14 @@ def _build_draft(target, spec_config):
     with _attention_replaced(Attention), set_default_torch_dtype(draft_config.dtype):
         model = initialize_model(vllm_config, model_config=draft_config)
     return model, vllm_config
+
+
+def _layer_attention(model: nn.Module) -> list[dict]:
+    """How vLLM built each draft layer's attention: its sliding window (None: full) and, for
+    DFlash, whether the block is causal (get_draft_attn_causal)."""
+    windows = [m.per_layer_sliding_window for m in model.modules() if isinstance(m, StandInAttention)]
+    causal = model.get_draft_attn_causal() if hasattr(model, "get_draft_attn_causal") else [None] * len(windows)
+    return [{"sliding_window": w, **({} if c is None else {"causal": c})} for w, c in zip(windows, causal)]
 
 
 @contextlib.contextmanager
@@ -277,7 +312,7 @@ def _load_and_account(config: dict, report: Report, model: nn.Module, vllm_confi
     dropped = sorted(n for n, t in yielded.items() if n not in IGNORED_BY_VLLM and t.numel() and t.data_ptr() not in consumed)
     for name in dropped:
         report.problems.append(f"vLLM silently dropped checkpoint tensor {name} (no vLLM parameter took it)")
-    exempt = _params_vllm_fills_elsewhere(config, yielded, params)
+    exempt = _params_vllm_fills_elsewhere(config, yielded, params, model)
     for name, param in params.items():
         unset = _sentinel_count(param)
         if unset and name not in exempt:
@@ -323,7 +358,7 @@ def _record_weight_loaders(params, consumed: set[int]) -> None:
         param.weight_loader = recording
 
 
-def _params_vllm_fills_elsewhere(config: dict, yielded: dict, params: dict) -> dict[str, str]:
+def _params_vllm_fills_elsewhere(config: dict, yielded: dict, params: dict, model: nn.Module) -> dict[str, str]:
     """vLLM parameters that legitimately do not come from the checkpoint, with the reason."""
     exempt = {}
     layer = config.get("transformer_layer_config") or {}
@@ -332,10 +367,16 @@ def _params_vllm_fills_elsewhere(config: dict, yielded: dict, params: dict) -> d
     full_vocab = config.get("draft_vocab_size") in (None, layer.get("vocab_size"))
     if "lm_head.weight" not in yielded and full_vocab and "lm_head.weight" in params:
         exempt["lm_head.weight"] = "shared from the verifier (the checkpoint has no lm_head)"
-    for name in params:
-        # vLLM's EAGLE-3 decoder layers all create hidden_norm, but only layer 0 uses it (forward).
-        if name.endswith(".hidden_norm.weight") and not name.startswith("model.layers.0."):
-            exempt[name] = "created by vLLM for every layer but used only in layer 0"
+    if config.get("speculators_model_type") == "eagle3":
+        for name in params:
+            # vLLM's EAGLE-3 decoder layers all create hidden_norm, but only layer 0 uses it (forward).
+            match = EAGLE3_LAYER_HIDDEN_NORM.fullmatch(name)
+            if match and int(match.group(1)) > 0:
+                exempt[name] = "created by vLLM for every layer but used only in layer 0"
+    if "model.mask_embedding" in params and getattr(getattr(model, "model", None), "has_separate_mask_embedding", None) is False:
+        # qwen3_dflash: DFlashQwen3Model always creates it; load_weights fills it only from a
+        # mask_embedding.pt beside the weights, and embed_input_ids uses it only then.
+        exempt["model.mask_embedding"] = "created by vLLM's DFlash model but used only when the folder ships a mask_embedding.pt (it has none)"
     return exempt
 
 

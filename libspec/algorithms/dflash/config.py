@@ -89,8 +89,9 @@ def head_dim(layer: dict) -> int:
     return layer.get("head_dim") or layer["hidden_size"] // layer["num_attention_heads"]
 
 
-def config_problems(config: dict) -> list[str]:
-    """DFlash rules the schema cannot express, chiefly those vLLM would not catch itself."""
+def config_problems(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """DFlash rules the schema cannot express, chiefly those vLLM would not catch itself.
+    `verifier_layers`: the verifier's layer count when known (aux ids must not pass it)."""
     problems = []
     tl = config.get("transformer_layer_config") or {}
     aux = config.get("aux_hidden_state_layer_ids")
@@ -101,6 +102,8 @@ def config_problems(config: dict) -> list[str]:
             problems.append(f"aux_hidden_state_layer_ids {aux} must be ascending without repeats")
         if min(aux) < 1:
             problems.append(f"aux_hidden_state_layer_ids {aux}: ids start at 1 (vLLM passes id - 1 to the DFlash model)")
+        if verifier_layers is not None and max(aux) > verifier_layers:
+            problems.append(f"aux_hidden_state_layer_ids {aux} must lie in [1, {verifier_layers}] (the verifier's num_hidden_layers)")
     vocab = tl.get("vocab_size")
     mask = config.get("mask_token_id")
     if not isinstance(mask, int) or (isinstance(vocab, int) and not 0 <= mask < vocab):
@@ -126,6 +129,28 @@ def config_problems(config: dict) -> list[str]:
     if "sliding_attention" in (tl.get("layer_types") or []) and not tl.get("sliding_window"):
         problems.append("layer_types has sliding layers but sliding_window is not set (vLLM refuses it)")
     return problems
+
+
+def config_warnings(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """Where vLLM and upstream run the same valid config differently, or spec-tools' engine cannot follow them."""
+    warnings = []
+    tl = config.get("transformer_layer_config") or {}
+    num_layers = tl.get("num_hidden_layers")
+    layer_types = tl.get("layer_types") or ["full_attention"] * (num_layers if isinstance(num_layers, int) else 1)
+    full = [i for i, kind in enumerate(layer_types) if kind != "sliding_attention"]
+    if config.get("sliding_window_non_causal") is False and full:
+        # vLLM: update_dflash sets dflash_config.causal = not sliding_window_non_causal, which
+        # qwen3_dflash._dflash_layer_causal applies to every layer. Upstream: dflash/attention.py
+        # keeps full-attention layers non-causal whatever the flag (it only governs sliding layers).
+        warnings.append(
+            f"sliding_window_non_causal is false: vLLM 0.33 then runs every draft layer causal within the block, while "
+            f"upstream speculators keeps full-attention layers {full} non-causal (the flag only governs its sliding layers), "
+            "so the same file drafts differently in the two (SPEC.md §11.8); a draft upstream trained would be served by "
+            "vLLM with a mask it was not trained with"
+        )
+    if (warning := eagle3.sliding_window_warning(tl)) is not None:
+        warnings.append(warning)
+    return warnings
 
 
 def expected_tensors(config: dict) -> dict[str, TensorSpec]:
@@ -174,7 +199,7 @@ def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
     return eagle3.verifier_problems(config, verifier_config, aux_key="aux_hidden_state_layer_ids")
 
 
-def checkpoint_facts(config: dict) -> dict:
+def checkpoint_facts(config: dict, verifier_layers: int | None = None) -> dict:
     """What spec-validate reports about a DFlash checkpoint: EAGLE-3's facts plus the block's."""
     facts = eagle3.checkpoint_facts(config, aux_key="aux_hidden_state_layer_ids")
     facts["algorithm"] = ALGORITHM

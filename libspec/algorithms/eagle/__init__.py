@@ -3,9 +3,9 @@
 The algorithm's plug-in (see libspec/algorithms/__init__.py); it has no training step yet.
 """
 
-from libspec.algorithms.eagle.config import ALGORITHM, checkpoint_facts, config_problems, expected_tensors, verifier_problems
+from libspec.algorithms.eagle.config import ALGORITHM, checkpoint_facts, config_problems, config_warnings, expected_tensors, verifier_problems
 from libspec.algorithms.eagle.model import load_proposer
 
 training = None  # spec-train cannot train EAGLE-1 drafts yet
 
-__all__ = ["ALGORITHM", "checkpoint_facts", "config_problems", "expected_tensors", "load_proposer", "training", "verifier_problems"]
+__all__ = ["ALGORITHM", "checkpoint_facts", "config_problems", "config_warnings", "expected_tensors", "load_proposer", "training", "verifier_problems"]

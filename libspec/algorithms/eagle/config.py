@@ -88,8 +88,9 @@ def head_dim(config: dict) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
-def config_problems(config: dict) -> list[str]:
-    """What vLLM would reject or silently misread in an EAGLE-1 draft config."""
+def config_problems(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """What vLLM would reject or silently misread in an EAGLE-1 draft config (it reads the
+    verifier's final hidden state, so `verifier_layers` does not matter)."""
     problems = [f"{key} is missing (vLLM reads the folder as a Llama config)" for key in REQUIRED_KEYS if key not in config]
     if config.get("model_type") != "llama" or config.get("architectures") != [ARCHITECTURE]:
         problems.append(
@@ -152,7 +153,12 @@ def verifier_problems(config: dict, verifier_config: dict) -> list[str]:
     return problems
 
 
-def checkpoint_facts(config: dict) -> dict:
+def config_warnings(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """Nothing that vLLM reads differently from spec-tools' engine is known for EAGLE-1 folders."""
+    return []
+
+
+def checkpoint_facts(config: dict, verifier_layers: int | None = None) -> dict:
     """What spec-validate reports about an EAGLE-1 checkpoint."""
     tools = config.get("spec_tools") or {}
     return {

@@ -5,7 +5,7 @@ promises for every algorithm (see libspec/algorithms/__init__.py).
 """
 
 from libspec.algorithms.eagle3 import train as training
-from libspec.algorithms.eagle3.config import ALGORITHM, checkpoint_facts, config_problems, expected_tensors, verifier_problems
+from libspec.algorithms.eagle3.config import ALGORITHM, checkpoint_facts, config_problems, config_warnings, expected_tensors, verifier_problems
 from libspec.algorithms.eagle3.model import load_proposer
 
-__all__ = ["ALGORITHM", "checkpoint_facts", "config_problems", "expected_tensors", "load_proposer", "training", "verifier_problems"]
+__all__ = ["ALGORITHM", "checkpoint_facts", "config_problems", "config_warnings", "expected_tensors", "load_proposer", "training", "verifier_problems"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libspec.errors import SpecError
 from libspec.verifier import text_config
 from libspec.serving import verifier_problem
 
@@ -43,6 +44,63 @@ class Eagle3Options:
     fc_norm: bool = False
     norm_output: bool = False
     speculative_tokens: int = 3
+
+
+# With `eagle_aux_hidden_state_layer_ids: null` (what upstream's EAGLE-3 converter writes) both
+# consumers capture the verifier's [2, n//2, n-3] and size fc for these 3 hidden states: vLLM in
+# the verifier's get_eagle3_default_aux_hidden_state_layers (model_executor/models/interfaces.py,
+# used by gpu_model_runner when the draft config has no ids; the Llama head reads
+# num_aux_hidden_states, else 3), upstream in models/utils.resolve_target_layer_ids (which refuses
+# a default that is not 3 distinct layers in [0, n]; Eagle3DraftModel sizes fc for 3).
+NUM_DEFAULT_AUX = 3
+
+
+def verifier_default_aux_layer_ids(num_verifier_layers: int) -> list[int]:
+    """The layers vLLM and upstream capture when the ids are null: [2, n//2, n-3], unclamped."""
+    n = num_verifier_layers
+    return [2, n // 2, n - 3]
+
+
+def num_aux_layers(config: dict) -> int:
+    """How many verifier hidden states `fc` reads: one per recorded id, or the default's 3 when null."""
+    ids = config.get("eagle_aux_hidden_state_layer_ids")
+    return len(ids) if isinstance(ids, list) and ids else NUM_DEFAULT_AUX
+
+
+def aux_layer_ids(config: dict, verifier_layers: int | None = None) -> list[int] | None:
+    """The verifier layers the draft runs on: its recorded ids, else (null) the verifier's default;
+    None when they are null and the verifier's layer count is not known."""
+    ids = config.get("eagle_aux_hidden_state_layer_ids")
+    if isinstance(ids, list) and ids:
+        return list(ids)
+    return None if verifier_layers is None else verifier_default_aux_layer_ids(verifier_layers)
+
+
+def _default_aux_problem(num_verifier_layers: int) -> str | None:
+    """Why the verifier's default layers cannot serve (upstream refuses them; vLLM captures fewer states than fc reads)."""
+    n = num_verifier_layers
+    ids = verifier_default_aux_layer_ids(n)
+    if len(set(ids)) == len(ids) and min(ids) >= 0 and max(ids) <= n:
+        return None
+    return (
+        f"eagle_aux_hidden_state_layer_ids is null, so vLLM and upstream take the verifier's default [2, n//2, n-3] = {ids} "
+        f"for its {n} layers: not {len(ids)} distinct layers in [0, {n}] (upstream refuses to load it, vLLM would capture "
+        "fewer hidden states than fc reads); write the ids explicitly"
+    )
+
+
+def sliding_window_warning(layer_config: dict) -> str | None:
+    """vLLM and upstream restrict `sliding_attention` layers to the last `sliding_window` tokens;
+    spec-tools' own draft models attend to the whole context. None when no layer slides."""
+    sliding = [i for i, kind in enumerate(layer_config.get("layer_types") or []) if kind == "sliding_attention"]
+    window = layer_config.get("sliding_window")
+    if not sliding or not isinstance(window, int):
+        return None
+    return (
+        f"transformer_layer_config: draft layer(s) {sliding} use sliding-window attention over {window} tokens, which vLLM and "
+        "upstream apply; spec-tools' own engine (spec-bench, spec-convert's logit check) does not model the window and "
+        f"attends to the whole context, so its numbers can differ from vLLM's on contexts longer than {window} tokens"
+    )
 
 
 def default_aux_layer_ids(num_hidden_layers: int) -> list[int]:
@@ -143,6 +201,11 @@ def make_config(
 def options_from_config(config: dict) -> Eagle3Options:
     """Recover the options a config was made with."""
     tl = config["transformer_layer_config"]
+    if not config.get("eagle_aux_hidden_state_layer_ids"):
+        raise SpecError(
+            "eagle_aux_hidden_state_layer_ids is null: spec-tools' engine needs the ids written out; "
+            "`spec-convert CKPT --verifier V -o OUT` writes the verifier's default [2, n//2, n-3] that vLLM and upstream use"
+        )
     return Eagle3Options(
         aux_layer_ids=tuple(config["eagle_aux_hidden_state_layer_ids"]),
         num_layers=tl["num_hidden_layers"],
@@ -156,23 +219,29 @@ def options_from_config(config: dict) -> Eagle3Options:
     )
 
 
-def config_problems(config: dict) -> list[str]:
-    """EAGLE-3 rules the schema cannot express, chiefly those vLLM would not catch itself."""
+def config_problems(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """EAGLE-3 rules the schema cannot express, chiefly those vLLM would not catch itself.
+    `verifier_layers`: the verifier's layer count when known (it resolves null aux ids)."""
     problems = []
     tl = config.get("transformer_layer_config") or {}
-    aux = config.get("eagle_aux_hidden_state_layer_ids") or []
+    recorded = config.get("eagle_aux_hidden_state_layer_ids")
+    aux = recorded if isinstance(recorded, list) else []
     if aux != sorted(set(aux)):
         problems.append(f"eagle_aux_hidden_state_layer_ids {aux} must be ascending without repeats (vLLM sorts and dedups them)")
     style = tl.get("model_type")
     if style not in VLLM_ARCHITECTURES:
         problems.append(f"transformer_layer_config.model_type {style!r}: vLLM accepts only {', '.join(VLLM_ARCHITECTURES)}")
-    declared = tl.get("num_aux_hidden_states")
-    if declared is not None and declared != len(aux):
-        problems.append(f"transformer_layer_config.num_aux_hidden_states is {declared} but there are {len(aux)} aux layer ids")
-    if declared is None and style == "llama" and len(aux) != 3:
+    declared, count = tl.get("num_aux_hidden_states"), num_aux_layers(config)
+    if declared is not None and declared != count:
+        having = f"there are {count} aux layer ids" if aux else f"eagle_aux_hidden_state_layer_ids is null: vLLM and upstream capture the verifier's {count} default layers (and upstream sizes fc for {count})"
+        problems.append(f"transformer_layer_config.num_aux_hidden_states is {declared} but {having}")
+    if declared is None and style == "llama" and count != NUM_DEFAULT_AUX:
         problems.append(
-            f"transformer_layer_config.num_aux_hidden_states is missing: vLLM's Llama head would size fc for 3 aux layers, not {len(aux)}"
+            f"transformer_layer_config.num_aux_hidden_states is missing: vLLM's Llama head would size fc for {NUM_DEFAULT_AUX} aux layers, not {count}"
         )
+    layer_types, num_layers = tl.get("layer_types"), tl.get("num_hidden_layers")
+    if isinstance(layer_types, list) and isinstance(num_layers, int) and len(layer_types) != num_layers:
+        problems.append(f"transformer_layer_config.layer_types lists {len(layer_types)} layers but num_hidden_layers is {num_layers} (vLLM reads one kind per draft layer)")
     if "norm_before_residual" not in config:
         problems.append("norm_before_residual is missing: vLLM would assume true, upstream speculators false")
     if config.get("norm_before_fc") and config.get("fc_norm"):
@@ -180,7 +249,11 @@ def config_problems(config: dict) -> list[str]:
     vocab, draft_vocab = tl.get("vocab_size"), config.get("draft_vocab_size")
     if isinstance(vocab, int) and isinstance(draft_vocab, int) and draft_vocab > vocab:
         problems.append(f"draft_vocab_size {draft_vocab} exceeds the vocabulary size {vocab}")
-    problems.extend(_recorded_layer_problems(config, aux))
+    depth = verifier_layers if verifier_layers is not None else _recorded_depth(config)
+    if recorded is None and depth is not None and (problem := _default_aux_problem(depth)) is not None:
+        problems.append(problem)
+    else:
+        problems.extend(_layer_id_problems(config, aux_layer_ids(config, depth) or [], depth))
     verifier = ((config.get("speculators_config") or {}).get("verifier") or {}).get("name_or_path")
     if isinstance(verifier, str) and (problem := verifier_problem(verifier)) is not None:  # the schema checks the type
         problems.append(problem)
@@ -190,11 +263,29 @@ def config_problems(config: dict) -> list[str]:
     return problems
 
 
-def _recorded_layer_problems(config: dict, aux: list) -> list[str]:
-    """Aux ids against what spec-train recorded: the verifier's depth and the layers the data captured."""
-    recorded = config.get("spec_tools") or {}
-    depth = (recorded.get("verifier") or {}).get("num_hidden_layers")
-    captured = (recorded.get("dataset") or {}).get("layer_ids")
+def config_warnings(config: dict, verifier_layers: int | None = None) -> list[str]:
+    """What a valid EAGLE-3 config leaves unchecked or the consumers read differently from spec-tools' engine."""
+    warnings = []
+    if config.get("eagle_aux_hidden_state_layer_ids") is None and verifier_layers is None and _recorded_depth(config) is None:
+        warnings.append(
+            "eagle_aux_hidden_state_layer_ids is null: vLLM and upstream capture the verifier's default layers [2, n//2, n-3] "
+            "(fc is checked for those 3), but the verifier's layer count n is not known here (not a local folder, not in the "
+            "Hugging Face cache, not recorded in spec_tools), so which layers they are and whether they exist is not checked"
+        )
+    if (warning := sliding_window_warning(config.get("transformer_layer_config") or {})) is not None:
+        warnings.append(warning)
+    return warnings
+
+
+def _recorded_depth(config: dict) -> int | None:
+    """The verifier's layer count as spec-tools recorded it (spec_tools.verifier), if it did."""
+    depth = ((config.get("spec_tools") or {}).get("verifier") or {}).get("num_hidden_layers")
+    return depth if isinstance(depth, int) else None
+
+
+def _layer_id_problems(config: dict, aux: list, depth: int | None) -> list[str]:
+    """Aux ids against the verifier's depth and the layers spec-train's data captured."""
+    captured = ((config.get("spec_tools") or {}).get("dataset") or {}).get("layer_ids")
     problems = []
     if isinstance(depth, int) and any(not 0 <= i <= depth for i in aux):
         problems.append(f"eagle_aux_hidden_state_layer_ids {aux} must lie in [0, {depth}] (the verifier's num_hidden_layers)")
@@ -213,7 +304,7 @@ def expected_tensors(config: dict) -> dict[str, TensorSpec]:
     head_dim = tl.get("head_dim") or hidden // heads
     inter = tl["intermediate_size"]
     draft_vocab = config.get("draft_vocab_size") or vocab
-    num_aux = len(config["eagle_aux_hidden_state_layer_ids"])
+    num_aux = num_aux_layers(config)
     target_hidden = config.get("target_hidden_size") or hidden
     specs = {
         "fc.weight": TensorSpec((hidden, num_aux * target_hidden), "float"),
@@ -268,15 +359,17 @@ def verifier_problems(config: dict, verifier_config: dict, aux_key: str = "eagle
     problems = [f"{key} is {tl.get(key)} but the verifier's is {lm.get(key)}" for key in ("hidden_size", "vocab_size") if tl.get(key) != lm.get(key)]
     layers = lm.get("num_hidden_layers")
     aux = config.get(aux_key) or []
+    if isinstance(layers, int) and aux_key == "eagle_aux_hidden_state_layer_ids" and config.get(aux_key) is None:
+        problems.extend(filter(None, [_default_aux_problem(layers)]))
     if isinstance(layers, int) and any(i > layers for i in aux):
         problems.append(f"{aux_key} {aux} reach past the verifier's {layers} layers")
     return problems
 
 
-def checkpoint_facts(config: dict, aux_key: str = "eagle_aux_hidden_state_layer_ids") -> dict:
+def checkpoint_facts(config: dict, aux_key: str = "eagle_aux_hidden_state_layer_ids", verifier_layers: int | None = None) -> dict:
     """What spec-validate reports about an EAGLE-3 checkpoint (and, by `aux_key`, a DFlash one)."""
     tl = config["transformer_layer_config"]
-    return {
+    facts = {
         "algorithm": ALGORITHM,
         "verifier": config["speculators_config"]["verifier"]["name_or_path"],
         "draft_layers": tl["num_hidden_layers"],
@@ -287,3 +380,12 @@ def checkpoint_facts(config: dict, aux_key: str = "eagle_aux_hidden_state_layer_
         "aux_layer_ids": config.get(aux_key),
         "speculative_tokens": config["speculators_config"]["proposal_methods"][0]["speculative_tokens"],
     }
+    if aux_key == "eagle_aux_hidden_state_layer_ids" and config.get(aux_key) is None:
+        depth = verifier_layers if verifier_layers is not None else _recorded_depth(config)
+        facts["aux_layer_ids"] = aux_layer_ids(config, depth)
+        facts["aux_layer_ids_from"] = (
+            f"null in config.json: the verifier's default [2, n//2, n-3] for its n = {depth} layers (vLLM and upstream)"
+            if depth is not None
+            else "null in config.json: the verifier's default [2, n//2, n-3]; n is not known here"
+        )
+    return facts
