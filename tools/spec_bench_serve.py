@@ -74,4 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr.print("stopped")
     finally:
         server.server_close()
+        engine.close()
     return EXIT_OK

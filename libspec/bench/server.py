@@ -29,7 +29,7 @@ import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -105,6 +105,8 @@ async def _read_json(request: Request, limits: ServerLimits):
         raw = await asyncio.wait_for(_read_at_most(request, limits.max_body_bytes), limits.body_timeout_s)
     except asyncio.TimeoutError:
         raise RequestError(408, f"request body: not received within {limits.body_timeout_s:g} s (--body-timeout-s)") from None
+    except ClientDisconnect:  # nobody left to answer, but no traceback either
+        raise RequestError(400, "request body: the client closed the connection before sending it all") from None
     if not raw.strip():
         raise RequestError(400, "request body is empty: expected a JSON object")
     try:
@@ -248,7 +250,7 @@ class OpenAIServer:
     and early connections wait in the backlog; `serve_forever` / `shutdown` / `server_close` as socketserver's."""
 
     def __init__(self, engine: Engine, listener: socket.socket, limits: ServerLimits):
-        self.engine, self.socket = engine, listener
+        self.socket = listener
         config = uvicorn.Config(make_app(engine, limits), http=_H11Protocol, loop="asyncio", ws="none", lifespan="off", log_config=None,
                                 backlog=LISTEN_BACKLOG, timeout_graceful_shutdown=5, server_header=False, headers=[("server", "spec-tools")])  # fmt: skip
         self.uvicorn = uvicorn.Server(config)
@@ -272,9 +274,8 @@ class OpenAIServer:
         self.stopped.wait()
 
     def server_close(self) -> None:
-        """Release the socket and the engine's thread."""
+        """Release the socket (the engine stays with whoever made it)."""
         self.socket.close()
-        self.engine.close()
 
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits()) -> OpenAIServer:

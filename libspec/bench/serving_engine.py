@@ -120,10 +120,6 @@ class Engine:
         future.add_done_callback(self._withdrawn)
         return future
 
-    def complete(self, request: CompletionRequest, on_text: Callable[[str, int], None] | None = None) -> Completion:
-        """Generate for one request and wait for it (behind any queued ones)."""
-        return self.submit(request, on_text).result()
-
     def in_flight(self) -> int:
         """Requests queued or generating."""
         with self.stats_lock:
