@@ -34,9 +34,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from libspec.bench.openai_protocol import RequestError, Responder, error_document, parse_request
-from libspec.bench.serving_engine import ENGINE_NOTE, CompletionRequest, Engine, TextStream  # noqa: F401 - the server's API
 from libspec.bench.decoding import Verifier
+from libspec.bench.openai_protocol import RequestError, Responder, error_document, parse_request
+from libspec.bench.serving_engine import ENGINE_NOTE, CompletionRequest, Engine, TextStream  # noqa: F401 - ENGINE_NOTE, TextStream: imported from here
 from libspec.errors import SpecError
 from libspec.options import check_options, option
 
@@ -206,11 +206,12 @@ class _EventStream:
         yield _sse("[DONE]")
 
 
+# After a 408 or 413 the rest of the body may still be on its way: close rather than read it as a next request.
+_ERROR_HEADERS = {408: {"Connection": "close"}, 413: {"Connection": "close"}, 503: {"Retry-After": "1"}}
+
+
 async def _request_error(request: Request, error: RequestError) -> Response:
-    headers = {"Retry-After": "1"} if error.status == 503 else None
-    if error.status in (408, 413):
-        headers = {"Connection": "close"}  # the rest of the body may still be on its way: not a next request
-    return JSONResponse(error_document(error.status, error.message, error.param), error.status, headers)
+    return JSONResponse(error_document(error.status, error.message, error.param), error.status, _ERROR_HEADERS.get(error.status))
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:
