@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Sequence
 
 import torch
 from rich.logging import RichHandler
 
-from libspec.bench.server import ENGINE_NOTE, ServerConfig, load_engine, make_server
-from tools._cli import EXIT_OK, make_parser, print_json, stderr
+from libspec.bench.server import ENGINE_NOTE, ServerConfig, ServerLimits, load_engine, make_server
+from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, stderr
 
 DESCRIPTION = f"""\
 Serve a verifier, alone or with a speculator at a fixed k, over an OpenAI-compatible HTTP API on
@@ -20,9 +21,11 @@ loopback, so that online benchmarks (GuideLLM, `spec-bench online`) can load our
   POST /v1/completions, /v1/chat/completions (stream: true for Server-Sent Events, one chunk per
        verification round)
 
-The engine is the {ENGINE_NOTE}. Sampling supports temperature (default 1.0, as OpenAI and vLLM)
-and seed; requests asking for anything else (top_p, stop strings, n > 1, ...) get a 400.
-Runs until interrupted (Ctrl-C)."""
+The engine is the {ENGINE_NOTE}. Sampling supports temperature (default 1.0, as OpenAI and vLLM;
+0 for greedy, else 0.01 to 2) and seed (a 64-bit signed integer); requests asking for anything
+else (top_p, stop strings, n > 1, ...) get a 400 naming the field. Every refusal is an OpenAI
+error document: 400 bad JSON or field, 408 body too slow, 413 body too large, 503 queue full.
+Runs on uvicorn until interrupted (Ctrl-C)."""
 
 EPILOG = """\
 examples:
@@ -43,6 +46,7 @@ def build_parser():
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
+    add_options(parser.add_argument_group("limits"), ServerLimits)
     return parser
 
 
@@ -53,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--k needs --speculator")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", handlers=[RichHandler(console=stderr, show_path=False)])
-    config = ServerConfig(args.verifier, args.speculator, args.k, args.host, args.port, args.served_model_name, args.device, args.dtype)
+    limits = options_from_args(ServerLimits, args)
+    config = ServerConfig(args.verifier, args.speculator, args.k, args.host, args.port, args.served_model_name, args.device, args.dtype, limits)
     with stderr.status("loading the model"):
         engine = load_engine(config)
-    server = make_server(engine, config.host, config.port)
-    ready = {"url": server.url, "model": engine.model_name, "speculator": config.speculator, "k": engine.k, "engine": ENGINE_NOTE}
+    server = make_server(engine, config.host, config.port, config.limits)
+    ready = {"url": server.url, "model": engine.model_name, "speculator": config.speculator, "k": engine.k, "engine": ENGINE_NOTE, "limits": asdict(limits)}
     if args.json:
         print_json(ready)  # one document a script can wait for, then the server runs
     else:
@@ -69,4 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr.print("stopped")
     finally:
         server.server_close()
+        engine.close()
     return EXIT_OK
