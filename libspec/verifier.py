@@ -252,10 +252,13 @@ def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype, 
 
 
 def check_weight_files(model_dir: Path) -> None:
-    """Refuse a model folder whose shard index names a file outside it (libspec.format.paths.inside)."""
+    """Refuse a model folder whose weights (or what its shard index names) lie outside it (libspec.format.paths.inside)."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if os.path.lexists(model_dir / index_name):
             read_weight_map(model_dir, index_name)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.lexists(model_dir / name):
+            inside(model_dir, name, str(model_dir))
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

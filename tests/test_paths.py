@@ -123,18 +123,17 @@ def test_spec_convert_never_reads_weights_out_of_the_source(tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
-def secret_checkpoint(tmp_path, monkeypatch, how: str):
-    """A valid checkpoint plus an index entry naming the Hub token, an absolute path or ../elsewhere/.env."""
-    hf_home = tmp_path / "hf-home"
+def secret_checkpoint(tmp_path, how: str):
+    """A valid checkpoint plus an index entry naming $HF_HOME/token (an absolute path), ../elsewhere/.env, or a link to the token."""
+    hf_home = tmp_path / "hf-home"  # stands for $HF_HOME; the variable itself is left alone (huggingface_hub reads it once)
     hf_home.mkdir()
     (hf_home / "token").write_text("hf_TheSecretToken")
-    monkeypatch.setenv("HF_HOME", str(hf_home))
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / ".env").write_text("AWS_SECRET=1")
     config = eagle3.make_config(TINY_LLAMA, "org/verifier", eagle3.Eagle3Options(aux_layer_ids=(1, 2, 3)))
     tensors = random_checkpoint_tensors(config)
     folder = ckpt.write_checkpoint(tmp_path / "ckpt", config, tensors)
-    name = {"hf token": f"{os.environ['HF_HOME']}/token", "dot-dot": "../elsewhere/.env", "link": "notes.safetensors"}[how]
+    name = {"hf token": f"{hf_home}/token", "dot-dot": "../elsewhere/.env", "link": "notes.safetensors"}[how]
     if how == "link":
         os.symlink(hf_home / "token", folder / name)
     weight_map = {n: ckpt.WEIGHTS for n in tensors} | {"secret": name}
@@ -143,8 +142,8 @@ def secret_checkpoint(tmp_path, monkeypatch, how: str):
 
 
 @pytest.mark.parametrize("how", ["hf token", "dot-dot", "link"])
-def test_spec_push_never_publishes_a_file_from_outside_the_folder(tmp_path, monkeypatch, capsys, how):
-    folder = secret_checkpoint(tmp_path, monkeypatch, how)
+def test_spec_push_never_publishes_a_file_from_outside_the_folder(tmp_path, capsys, how):
+    folder = secret_checkpoint(tmp_path, how)
     out = tmp_path / "hub-ready"
     for action in (["--dry-run"], ["--to-dir", str(out)]):
         with pytest.raises(SpecError, match=rf"^{folder / INDEX}: weight_map\['secret'\]: "):

@@ -35,9 +35,10 @@ files by code; with no report the card says that nothing was measured.
 Published: config.json, the weights (and their index), README.md, and the reports as bench/*.json.
 Other files in the folder are not uploaded, and neither is any file outside it: a weights index
 naming an absolute path, a `..` path or a link leading out of the folder is refused, even with
---force. --to-dir refuses a non-empty DIR; with --overwrite it replaces only what spec-push writes
-(the checkpoint files, README.md, the bench reports) and leaves the other files there. The token comes from HF_TOKEN or the saved login
-(`hf auth login`) and is never printed."""
+--force. --to-dir refuses a non-empty DIR; with --overwrite, over a checkpoint folder only, it
+replaces only what spec-push writes (the checkpoint files, README.md, the bench reports) and
+leaves the other files there.
+The token comes from HF_TOKEN or the saved login (`hf auth login`) and is never printed."""
 
 EPILOG = """\
 examples:

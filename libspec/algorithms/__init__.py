@@ -17,9 +17,13 @@ What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from libspec.algorithms import dflash, eagle, eagle3
 from libspec.errors import SpecError
+
+if TYPE_CHECKING:
+    from libspec.verifier import VerifierFingerprint
 
 ALGORITHMS: dict[str, ModuleType] = {
     "eagle3": eagle3,
@@ -65,7 +69,7 @@ def load_proposer(checkpoint_dir, verifier_model, dtype=None):
     return package.load_proposer(checkpoint_dir, verifier_model, dtype)
 
 
-def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint=None) -> tuple[list[str], list[str]]:
+def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint: VerifierFingerprint | None = None) -> tuple[list[str], list[str]]:
     """Where a checkpoint does not fit the verifier it is about to run with, as (problems, differences):
     problems its algorithm cannot run with at all (sizes, aux layers out of range); differences between
     the verifier fingerprint recorded in spec_tools.verifier and this verifier's (SPEC.md §3)."""
