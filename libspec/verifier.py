@@ -18,6 +18,7 @@ import torch
 from libspec.errors import SpecError
 from libspec.format.digest import digest_file, sha256_text
 from libspec.format.json_files import read_json_object
+from libspec.format.paths import inside, read_weight_map
 
 # Every file any HF tokenizer may be loaded from; whichever exist are hashed.
 TOKENIZER_FILES = (
@@ -171,7 +172,7 @@ class VerifierConfig:
         """Local safetensors weights (empty when only the config is at hand)."""
         if self.directory is None:
             return []
-        return sorted(self.directory.glob("*.safetensors"))
+        return [inside(self.directory, path.name, str(self.directory)) for path in sorted(self.directory.glob("*.safetensors"))]
 
 
 def read_verifier_config(name_or_path: str) -> VerifierConfig:
@@ -241,12 +242,23 @@ def load_causal_lm(name_or_path: str, device: torch.device, dtype: torch.dtype, 
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_dir(name_or_path)
+    check_weight_files(path)  # transformers follows an index wherever it points; we do not
     hf_logging.disable_progress_bar()  # a per-tensor bar for a load that takes a second; our tools show their own progress
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise SpecError(f"{name_or_path}: cannot load as a causal LM: {error}") from None
     return model.to(device).eval()
+
+
+def check_weight_files(model_dir: Path) -> None:
+    """Refuse a model folder whose weights (or what its shard index names) lie outside it (libspec.format.paths.inside)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if os.path.lexists(model_dir / index_name):
+            read_weight_map(model_dir, index_name)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.lexists(model_dir / name):
+            inside(model_dir, name, str(model_dir))
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

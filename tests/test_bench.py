@@ -173,3 +173,46 @@ def test_floors_missed_exit_1_naming_each_and_the_report_is_still_written(tiny_s
     assert "2 of 3 floor(s) missed" in err and "prompts:tau>=99" in err and "no report measured 'humaneval'" in err
     assert json.loads((path / "report.json").read_text())["prompt_sets"][0]["name"] == "prompts"
     assert main([*common, "--require", "prompts:tau>=1"]) == 0
+
+
+def test_draft_for_another_verifier_is_refused_listing_the_differences(tiny_setup, capsys):
+    """Issue 16 item 8: a draft trained for a 4-layer verifier ran against a 6-layer one without a word."""
+    from libspec.errors import SpecError
+    from libspec.verifier import fingerprint_verifier
+
+    path = tiny_setup
+    six = path / "verifier-6"
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in {**TINY_LLAMA, "num_hidden_layers": 6}.items() if k not in ("architectures", "model_type")})).save_pretrained(six)
+    for file in (path / "verifier").iterdir():  # the same tokenizer and chat template
+        if not (six / file.name).exists():
+            (six / file.name).write_bytes(file.read_bytes())
+    verifier_config = json.loads((path / "verifier" / "config.json").read_text())
+    spec_tools = {"verifier": fingerprint_verifier(str(path / "verifier")).to_dict()}
+    config = eagle3.make_config(verifier_config, str(path / "verifier"), eagle3.Eagle3Options(aux_layer_ids=(1, 2, 3)), spec_tools=spec_tools)
+    ckpt.write_checkpoint(path / "draft4", config, random_checkpoint_tensors(config))
+    args = ["--verifier", str(six), "--speculator", str(path / "draft4"), "--prompts", str(path / "prompts.jsonl"), "--k", "1", "--max-new-tokens", "4"]
+
+    with pytest.raises(SpecError, match=rf"^{path / 'draft4'}: trained for another verifier than {six} \(recorded vs this\): .*num_hidden_layers: 4 vs 6") as error:
+        main(args)
+    assert "\n" not in str(error.value) and "--force" in str(error.value)
+
+    assert main([*args, "--force", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "--force" in captured.err and "num_hidden_layers: 4 vs 6" in captured.err
+    assert json.loads(captured.out)["verifier"]["num_hidden_layers"] == 6
+
+
+def test_draft_that_cannot_run_on_the_verifier_is_refused_even_with_force(tiny_setup):
+    from libspec.errors import SpecError
+
+    path = tiny_setup
+    wide = path / "verifier-wide"
+    wide.mkdir()
+    for file in (path / "verifier").iterdir():
+        (wide / file.name).write_bytes(file.read_bytes())
+    config = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**config, "hidden_size": 32, "num_hidden_layers": 2}))
+    args = ["--verifier", str(wide), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"), "--force"]
+    with pytest.raises(SpecError, match=r"does not fit the verifier .*hidden_size is 16 but the verifier's is 32; eagle_aux_hidden_state_layer_ids \[1, 2, 3\] reach past the verifier's 2 layers"):
+        main(args)

@@ -509,8 +509,40 @@ def test_a_failed_check_keeps_the_previous_output(tmp_path, verifier, monkeypatc
 
     monkeypatch.setattr(specforge_eagle3, "Eagle3Facts", naive)
     with pytest.raises(SpecError, match="does not reproduce the source"):
-        run_convert(specforge_source(tmp_path / "again"), verifier, tmp_path / "out")
+        run_convert(specforge_source(tmp_path / "again"), verifier, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == before and good.numeric_check["passed"]
+
+
+def test_existing_checkpoint_output_is_refused_unless_overwrite_then_other_files_stay(tmp_path, verifier):
+    """Issue 16 item 3: -o replaced a folder wholesale (its weights, NOTES.md, optimizer.pt gone), even one for another verifier."""
+    out = tmp_path / "out"
+    old = run_convert(specforge_source(tmp_path), verifier, out)
+    (out / "NOTES.md").write_text("why this run exists")
+    (out / "optimizer.pt").write_bytes(b"optimizer state")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    source = str(zlab_dflash_source(tmp_path))
+    with pytest.raises(SpecError, match=rf"^{out}: already holds a checkpoint \(for verifier .*\); refusing to replace it \(pass --overwrite"):
+        main([source, "--verifier", str(verifier), "-o", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and old.algorithm == "eagle3"
+
+    assert main([source, "--verifier", str(verifier), "-o", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "model.safetensors", "optimizer.pt"]
+    assert (out / "NOTES.md").read_bytes() == before["NOTES.md"] and (out / "optimizer.pt").read_bytes() == before["optimizer.pt"]
+    assert validate(str(out)).ok and ckpt.read_config(out)["speculators_model_type"] == "dflash"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_drops_the_old_checkpoints_index_and_shards(tmp_path, verifier):
+    out = tmp_path / "out"
+    run_convert(nvidia_source(tmp_path), verifier, out)
+    sharded = write_source(tmp_path / "sharded-copy", ckpt.read_config(out), ckpt.load_tensors(out), kind="sharded")
+    for file in sharded.iterdir():  # the output now is the same checkpoint, sharded
+        (out / file.name).write_bytes(file.read_bytes())
+    (out / "model.safetensors").unlink()
+    assert validate(str(out)).ok
+    run_convert(specforge_source(tmp_path), verifier, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no stale index to shadow the new weights
+    assert validate(str(out)).ok
 
 
 # ---- the command line -----------------------------------------------------------------------

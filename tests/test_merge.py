@@ -68,3 +68,21 @@ def test_merge_refuses_mismatches(tmp_path, fake_verifier):
     with pytest.raises(SpecError, match="shard index given twice"):
         merge_datasets([s0, s0b], tmp_path / "out4")
     assert merge_datasets([s0], tmp_path / "out5", allow_partial=True)["num_records"] == 2
+
+
+@pytest.mark.parametrize("kind", ["tensors", "records"])
+def test_merge_refuses_a_corrupted_shard_naming_it(tmp_path, fake_verifier, capsys, kind):
+    """Issue 16 item 8: --merge hard-linked a corrupted shard and printed "✓ merged"."""
+    from tools import spec_gen_hidden
+
+    a = write_part(tmp_path / "a", fake_verifier, renamed(random_samples(7, 64, 2, 16, seed=1), "a"), shard_index=1, num_shards=2)
+    b = write_part(tmp_path / "b", fake_verifier, renamed(random_samples(5, 64, 2, 16, seed=2), "b"), shard_index=0, num_shards=2)
+    shard = Dataset(a).manifest["shards"][1]
+    path = a / shard[kind]
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte in the payload: same size, readable header
+    path.write_bytes(bytes(data))
+    with pytest.raises(SpecError, match=rf"^{path}: .*(sha256|checksum|corrupt)"):
+        spec_gen_hidden.main(["--merge", str(a), str(b), "-o", str(tmp_path / "merged")])
+    assert "merged" not in capsys.readouterr().err
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged*"))

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import yaml
 from huggingface_hub import ModelCard
@@ -294,7 +295,7 @@ def test_to_dir_writes_a_folder_that_validates_and_loads_back(measured, tmp_path
     assert (out / "bench" / "report.json").read_bytes() == (measured / "report.json").read_bytes()
     assert "| prompt set |" in (out / "README.md").read_text()
 
-    assert spec_push.main(args) == 0  # publishing again replaces the folder as a whole
+    assert spec_push.main([*args, "--overwrite"]) == 0  # publishing again replaces the folder as a whole
     assert validate(str(out)).ok and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -304,6 +305,52 @@ def test_to_dir_never_replaces_a_folder_that_is_not_a_checkpoint(measured, tmp_p
     with pytest.raises(SpecError, match="exists and is not a checkpoint folder"):
         write_folder(plan_push(measured / "ckpt", [], PushOptions(REPO)), tmp_path / "home")
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+
+
+def old_sharded_checkpoint(folder: Path, verifier: str) -> Path:
+    """A checkpoint for another verifier, sharded (index + two shards), beside files that are not the checkpoint's."""
+    config = eagle3.make_config(TINY_LLAMA, verifier, eagle3.Eagle3Options(aux_layer_ids=(1, 2)))
+    tensors = random_checkpoint_tensors(config, seed=5)
+    ckpt.write_checkpoint(folder, config, {})
+    (folder / ckpt.WEIGHTS).unlink()
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in halves.items():
+        safetensors.torch.save_file({n: tensors[n] for n in part}, str(folder / file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: f for f, part in halves.items() for n in part}}))
+    (folder / "NOTES.md").write_text("why this run exists")
+    (folder / "optimizer.pt").write_bytes(b"optimizer state")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "train.log").write_text("step 1")
+    assert validate(str(folder)).ok
+    return folder
+
+
+def test_to_dir_refuses_an_existing_checkpoint_unless_overwrite_then_keeps_other_files(measured, tmp_path):
+    """Issue 16 item 3: --to-dir replaced a folder wholesale (its weights, NOTES.md, optimizer.pt gone), even one for another verifier."""
+    out = old_sharded_checkpoint(tmp_path / "hub-ready", "other/verifier")
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = [str(measured / "ckpt"), REPO, "--to-dir", str(out)]
+    with pytest.raises(SpecError, match=rf"^{out}: already holds a checkpoint \(for verifier other/verifier\); refusing to replace it \(pass --overwrite"):
+        spec_push.main(args)
+    with pytest.raises(SpecError, match="already holds a checkpoint"):  # the library refuses too
+        write_folder(plan_push(measured / "ckpt", [], PushOptions(REPO)), out)
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    assert spec_push.main([*args, "--overwrite"]) == 0
+    assert validate(str(out)).ok and ckpt.read_config(out) == ckpt.read_config(measured / "ckpt")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "NOTES.md", "README.md", "config.json", "logs/train.log", "model.safetensors", "optimizer.pt",
+    ]  # the old index and shards are gone with the old checkpoint; the other files stay, unchanged
+    assert all((out / name).read_bytes() == before[name] for name in ("NOTES.md", "optimizer.pt", "logs/train.log"))
+    assert (out / "model.safetensors").read_bytes() == (measured / "ckpt" / "model.safetensors").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_needs_to_dir(measured):
+    with pytest.raises(SystemExit) as exit_:
+        spec_push.main([str(measured / "ckpt"), REPO, "--dry-run", "--overwrite"])
+    assert exit_.value.code == 2
 
 
 def test_atomic_directory_keeps_the_old_folder_when_anything_fails(tmp_path, monkeypatch):

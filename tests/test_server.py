@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import TINY_LLAMA
-from libspec.bench.decoding import Verifier
+from libspec.bench.decoding import DecodingVerifier
 from libspec.bench.server import ServerConfig, ServerLimits, load_engine, make_server
 from libspec.bench.serving_engine import Engine
 from libspec.errors import SpecError
@@ -39,7 +39,7 @@ def engine():
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="t63", pad_token="t0")
     tokenizer.chat_template = "{% for m in messages %}t1 {{ m['content'] }} t2 {% endfor %}{% if add_generation_prompt %}t3{% endif %}"
-    engine = Engine(Verifier(model), tokenizer, {63}, "tiny")
+    engine = Engine(DecodingVerifier(model), tokenizer, {63}, "tiny")
     engine.warm_up()
     yield engine
     engine.close()

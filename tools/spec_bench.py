@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from libspec.format import checkpoint as ckpt
-from libspec.algorithms import load_proposer
+from libspec.algorithms import load_proposer, verifier_mismatches
 from libspec.format.atomic import write_text_atomic
 from libspec.bench.measure import BenchSettings, bench_prompt_set, report_header
 from libspec.bench.decoding import DecodingVerifier
@@ -34,6 +34,11 @@ acceptance, the measured draft cost c and verify cost v (relative to one plain d
 the measured speedup beside the one predicted from those measurements
 (S = E(α) / (k·c + v + o), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.), and whether the
 greedy output equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
+
+The speculator must fit the verifier: a draft its algorithm cannot run on it (hidden size,
+vocabulary, aux layers past its depth) is refused, and so is one whose config.json records
+(spec_tools.verifier) another verifier fingerprint than --verifier's, listing the differences;
+--force measures the latter anyway, with a warning.
 
 Prompt sets are JSONL files: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
 verifier's chat template), optionally with "category" (the report is then also split by it) and,
@@ -92,6 +97,7 @@ def build_parser():
     parser.add_argument("--require", action="append", default=[], metavar="FLOOR", type=_floor,
                         help="a floor the draft must meet at its best k, e.g. humaneval:tau>=2.5 or mt-bench/math:speedup>=1.1 "
                              "(repeatable); any floor missed: exit 1 naming each (the report is still written)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="measure a speculator whose recorded verifier fingerprint differs from --verifier's (e.g. a fine-tune of the same model), with a warning; a draft that cannot run on the verifier is refused regardless")
     return parser
 
 
@@ -116,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     prompt_sets = [load_prompt_set(path, args.limit) for path in args.prompts]
+    fingerprint = fingerprint_verifier(args.verifier)
+    if args.speculator:
+        _check_fits_verifier(args.speculator, args.verifier, fingerprint, args.force)
 
     model = load_causal_lm(args.verifier, device, dtype)
     tokenizer = load_tokenizer(args.verifier)
@@ -123,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verifier = DecodingVerifier(model, proposer.aux_layer_ids if proposer else [])
     speculator_info = _speculator_info(args.speculator) if args.speculator else None
     command = shlex.join(["spec-bench", *(sys.argv[1:] if argv is None else argv)])
-    report = report_header(settings, device, dtype, fingerprint_verifier(args.verifier).to_dict(), speculator_info, command)
+    report = report_header(settings, device, dtype, fingerprint.to_dict(), speculator_info, command)
 
     with stderr.status("benchmarking") as status:
         report["prompt_sets"] = [
@@ -155,6 +164,19 @@ def _report_floors(floors, source: str, report: dict) -> int:
         stderr.print(f"[bold red]spec-bench: {len(missed)} of {len(results)} floor(s) missed:[/] {', '.join(r.floor.text for r in missed)}")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _check_fits_verifier(speculator: str, verifier: str, fingerprint, force: bool) -> None:
+    """Refuse a draft made for another verifier: what cannot run always; a fingerprint mismatch unless --force."""
+    problems, differences = verifier_mismatches(speculator, verifier, fingerprint)
+    if problems:
+        raise SpecError(f"{speculator}: does not fit the verifier {verifier}: {'; '.join(problems)}")
+    if not differences:
+        return
+    line = f"{speculator}: trained for another verifier than {verifier} (recorded vs this): {'; '.join(differences)}"
+    if not force:
+        raise SpecError(f"{line}; pass --force to measure it anyway")
+    stderr.print(f"[bold yellow]⚠ --force: {escape(line)}[/]")
 
 
 def _speculator_info(path: str) -> dict:

@@ -18,11 +18,13 @@ Convert a draft (speculator) checkpoint from a research or vendor layout into a 
 `vllm serve` runs and spec-tools checks, then prove it: the result is validated against SPEC.md
 and the verifier (shapes, vocabulary maps, layer ids), and its logits are compared with a
 forward pass written from the SOURCE's own code on the same random inputs. Nothing is written
-when a check fails.
+when a check fails. A non-empty OUT is refused unless it holds a checkpoint and --overwrite is
+given; then only its checkpoint files are replaced.
 
 INPUT is a folder, one .safetensors/.bin/.pt file (its config.json beside it, or --config),
 sharded weights with an index, or a Hugging Face Hub id (needs the network or the local cache).
-Pickled weights are read with torch.load(weights_only=True) only.
+Pickled weights are read with torch.load(weights_only=True) only. Only files inside INPUT are
+read: an index naming an absolute path, a `..` path or a link leading out of the folder is refused.
 
 Formats (detected from config keys and tensor names; force one with --from NAME):
 """ + "\n".join(f"  {name:<19} {module.SIGNATURE}" for name, module in FORMATS.items()) + f"""
@@ -60,7 +62,8 @@ def build_parser():
     parser = make_parser("spec-convert", DESCRIPTION, EPILOG)
     parser.add_argument("input", metavar="INPUT", help="source checkpoint: folder, weights file, or Hub id")
     parser.add_argument("--verifier", required=True, help="the verifier: folder or Hub id (its config.json is needed; weights optional)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write (replaced atomically; never the source)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write (atomically; never the source; a non-empty OUT is refused unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="OUT may hold a checkpoint already: replace its checkpoint files (config.json, weights, index) and leave its other files (notes, optimizer states) in place")
     parser.add_argument("--from", dest="source_format", metavar="FORMAT", help="source format (default: detect)")
     parser.add_argument("--config", metavar="FILE", help="the source's config.json when INPUT is a lone weights file elsewhere")
     parser.add_argument("--layers", type=parse_layers, metavar="IDS", help="aux layer ids of the verifier (EAGLE-3/DFlash), e.g. 2,16,29")
@@ -84,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options=ConvertOptions(args.layers, args.norm_before_residual, args.speculative_tokens),
         check_acceptance=args.check_acceptance,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     try:
         with stderr.status("converting") as status:

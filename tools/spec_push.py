@@ -13,6 +13,7 @@ from rich.table import Table
 
 from libspec.errors import SpecError
 from libspec.bench.floors import parse_floor
+from libspec.format.checkpoint import refuse_to_replace
 from libspec.publish.push import PushOptions, PushPlan, plan_push, upload, write_folder
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -33,8 +34,12 @@ the bench command) and the provenance recorded in config.json. Every number is c
 files by code; with no report the card says that nothing was measured.
 
 Published: config.json, the weights (and their index), README.md, and the reports as bench/*.json.
-Other files in the folder are not uploaded. The token comes from HF_TOKEN or the saved login
-(`hf auth login`) and is never printed."""
+Other files in the folder are not uploaded, and neither is any file outside it: a weights index
+naming an absolute path, a `..` path or a link leading out of the folder is refused, even with
+--force. --to-dir refuses a non-empty DIR; with --overwrite, over a checkpoint folder only, it
+replaces only what spec-push writes (the checkpoint files, README.md, the bench reports) and
+leaves the other files there.
+The token comes from HF_TOKEN or the saved login (`hf auth login`) and is never printed."""
 
 EPILOG = """\
 examples:
@@ -56,17 +61,23 @@ def build_parser():
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dry-run", action="store_true", help="print the files, sizes, checksums and the card; upload nothing")
     where.add_argument("--to-dir", metavar="DIR", help="write the Hub-ready folder to DIR (atomically) instead of uploading")
-    parser.add_argument("--force", action="store_true", help="publish even if the gate finds problems (they are printed and put in the card)")
+    parser.add_argument("--force", action="store_true", help="publish even if the gate finds problems (they are printed and put in the card); never allows files from outside CKPT_DIR nor --to-dir over a non-empty DIR")
     parser.add_argument("--require", action="append", default=[], metavar="FLOOR",
                         help="a floor the --bench reports must show at the best k, e.g. humaneval:tau>=2.5 or mt-bench/math:speedup>=1.1 "
                              "(repeatable); a floor missed refuses the push, each floor met is listed in the card")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="with --to-dir: DIR may hold a checkpoint already; its checkpoint files (config.json, weights, index) and README.md and the bench reports written now are replaced, its other files (notes, optimizer states) stay. Without it a non-empty DIR is refused")
     parser.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.overwrite and not args.to_dir:
+        parser.error("--overwrite applies to --to-dir only")
     _check_repo_id(args.repo_id)
+    if args.to_dir:
+        refuse_to_replace(args.to_dir, args.overwrite)  # before the gate: it can take a while
     floors = tuple(parse_floor(text) for text in args.require)
     options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force, floors)
     with tempfile.TemporaryDirectory(prefix="spec-push-") as scratch:
@@ -89,7 +100,7 @@ def _act(plan: PushPlan, args) -> dict:
             print_dry_run(plan)
         return {"action": "dry-run"}
     if args.to_dir:
-        directory = write_folder(plan, args.to_dir)
+        directory = write_folder(plan, args.to_dir, overwrite=args.overwrite)
         if not args.json:
             stdout.print(f"[green]wrote[/] {len(plan.items)} files to [bold]{escape(str(directory))}[/]")
         return {"action": "to-dir", "path": str(directory)}

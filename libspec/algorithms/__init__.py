@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from libspec.errors import SpecError
+
+if TYPE_CHECKING:
+    from libspec.verifier import VerifierFingerprint
 
 # The registry: the package names under libspec/algorithms/. "eagle" is EAGLE-1/2/HASS, a plain HF
 # folder for vLLM's method "eagle" (SPEC.md §11.5).
@@ -66,3 +70,26 @@ def load_proposer(checkpoint_dir, verifier_model, dtype=None):
     if package is None:
         raise SpecError(f"{checkpoint_dir}: spec-tools cannot run {model_type!r} drafts yet (known: {', '.join(ALGORITHMS)})")
     return package.load_proposer(checkpoint_dir, verifier_model, dtype)
+
+
+def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint: VerifierFingerprint | None = None) -> tuple[list[str], list[str]]:
+    """Where a checkpoint does not fit the verifier it is about to run with, as (problems, differences):
+    problems its algorithm cannot run with at all (sizes, aux layers out of range); differences between
+    the verifier fingerprint recorded in spec_tools.verifier and this verifier's (SPEC.md §3)."""
+    from libspec.format import checkpoint as ckpt
+    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, read_model_config, resolve_model_dir
+
+    config = ckpt.read_config(checkpoint_dir)
+    package = ALGORITHMS.get(algorithm_name(config))
+    verifier_config = read_model_config(resolve_model_dir(verifier_name_or_path))
+    problems = package.verifier_problems(config, verifier_config) if package is not None else []
+    recorded = (config.get("spec_tools") or {}).get("verifier")
+    if not isinstance(recorded, dict):
+        return problems, []  # not trained by spec-tools: nothing recorded to compare
+    fingerprint = fingerprint or fingerprint_verifier(verifier_name_or_path)
+    try:
+        differences = fingerprint_differences(VerifierFingerprint.from_dict(recorded), fingerprint)
+    except (KeyError, TypeError):  # a partial record (an EAGLE-1 folder keeps name and architectures): compare what it has
+        keys = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "vocab_size")
+        differences = [f"{k}: {recorded[k]!r} vs {getattr(fingerprint, k)!r}" for k in keys if k in recorded and recorded[k] != getattr(fingerprint, k)]
+    return problems, differences

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from libspec.format.atomic import fsync_dir, write_text_atomic
 from libspec.format.dataset import MANIFEST, Dataset, shard_file_names
+from libspec.format.digest import FileDigest, check_digest, digest_file
+from libspec.format.paths import inside
 from libspec.errors import SpecError
 from libspec.verifier import fingerprint_differences
 from libspec.format.sample import header_of
@@ -66,6 +68,19 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.fsync(handle.fileno())
 
 
+def _link_verified(dataset: Dataset, shard: dict, kind: str, target: Path) -> None:
+    """Link or copy one shard file (`kind`: records or tensors) to `target`, then check that what landed
+    there has the size and sha256 its manifest records: a corrupted shard is never merged."""
+    what = f"{dataset.directory / MANIFEST}: shard {shard['index']} {kind}"
+    source = inside(dataset.directory, shard[kind], what)
+    _link_or_copy(source, target)
+    expected = FileDigest(shard[f"{kind}_bytes"], shard[f"{kind}_sha256"])
+    try:
+        check_digest(source, digest_file(target), expected)
+    except SpecError as error:
+        raise SpecError(f"{error}; nothing was merged") from None
+
+
 def merge_datasets(sources: list[str | Path], destination: str | Path, allow_partial: bool = False) -> dict:
     """Join complete data sets of one verifier and layer set into `destination`; returns its manifest.
 
@@ -92,12 +107,16 @@ def merge_datasets(sources: list[str | Path], destination: str | Path, allow_par
     shutil.rmtree(work, ignore_errors=True)  # left by an interrupted merge
     work.mkdir(parents=True)
     shards = []
-    for dataset in datasets:
-        for shard in dataset.manifest["shards"]:
-            records_name, tensors_name = shard_file_names(len(shards))
-            _link_or_copy(dataset.directory / shard["records"], work / records_name)
-            _link_or_copy(dataset.directory / shard["tensors"], work / tensors_name)
-            shards.append({**shard, "index": len(shards), "records": records_name, "tensors": tensors_name})
+    try:
+        for dataset in datasets:
+            for shard in dataset.manifest["shards"]:
+                records_name, tensors_name = shard_file_names(len(shards))
+                _link_verified(dataset, shard, "records", work / records_name)
+                _link_verified(dataset, shard, "tensors", work / tensors_name)
+                shards.append({**shard, "index": len(shards), "records": records_name, "tensors": tensors_name})
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     manifest = {
         **header_of(datasets[0].manifest),
         "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -33,6 +33,7 @@ class ConvertRequest:
     options: ConvertOptions = field(default_factory=ConvertOptions)
     check_acceptance: bool = False
     seed: int = 0
+    overwrite: bool = False  # OUTPUT may hold a checkpoint: replace its checkpoint files, keep its other files
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ConvertResult:
 def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda message: None) -> ConvertResult:
     """Convert INPUT into a checked spec-tools checkpoint at OUTPUT (see the module docstring)."""
     output = Path(request.output).expanduser()
-    _refuse_unsafe_output(output, request.input)
+    _refuse_unsafe_output(output, request.input, request.overwrite)
     progress("reading the source")
     source = load_source(request.input, request.config_path)
     name, module = resolve_format(request.source_format) if request.source_format else detect_format(source)
@@ -69,8 +70,10 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     if problems:
         raise SpecError(f"{request.input}: does not fit the verifier {request.verifier}: {'; '.join(problems)}")
 
-    # Written and checked in a staging folder that replaces OUTPUT only when every check passed.
-    with atomic_directory(output) as staging:
+    # Written and checked in a staging folder that replaces OUTPUT only when every check passed;
+    # with overwrite, the old folder's other files are carried into it just before the swap.
+    stale = ckpt.file_names(output) if request.overwrite else set()
+    with atomic_directory(output, keep_old=request.overwrite, drop=stale) as staging:
         progress("writing")
         ckpt.write_checkpoint(staging, conversion.config, conversion.tensors)
         progress("validating")
@@ -108,15 +111,11 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     )
 
 
-def _refuse_unsafe_output(output: Path, source: str) -> None:
-    """Never replace the source, or a folder that is not a checkpoint."""
+def _refuse_unsafe_output(output: Path, source: str, overwrite: bool) -> None:
+    """Never replace the source, a folder that is not a checkpoint, or (unless `overwrite`) a checkpoint."""
     source_path = Path(source).expanduser()
     if source_path.exists():
         resolved = output.resolve()
         if resolved == source_path.resolve() or resolved in source_path.resolve().parents:
             raise SpecError(f"{output}: the output would replace the source {source}; choose another -o")
-    if output.exists():
-        if not output.is_dir():
-            raise SpecError(f"{output}: exists and is not a folder; refusing to replace it")
-        if any(output.iterdir()) and not (output / ckpt.CONFIG).is_file():
-            raise SpecError(f"{output}: exists, is not empty and holds no config.json; refusing to replace it")
+    ckpt.refuse_to_replace(output, overwrite)

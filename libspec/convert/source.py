@@ -7,6 +7,7 @@ holding anything but tensors is refused instead of executed.
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from libspec.errors import SpecError
 from libspec.format.json_files import read_json_object
+from libspec.format.paths import inside, read_weight_map
 from libspec.serving import is_owner_name_repo_id
 from libspec.verifier import hub_offline
 
@@ -70,26 +72,22 @@ def load_source(path: str, config_path: str | None = None) -> Source:
 
 
 def weight_files_in(directory: Path) -> list[Path]:
-    """The weights of a folder: a shard index wins, then the usual single file, then a lone weights file."""
+    """The weights of a folder: a shard index wins, then the usual single file, then a lone weights file.
+
+    Every file is one inside `directory` (libspec.format.paths.inside): an index naming
+    `../elsewhere` or an absolute path is refused, never followed.
+    """
     for index_name in SHARD_INDEXES:
-        index = directory / index_name
-        if index.is_file():
-            weight_map = read_json_object(index, expected="a shard index (a JSON object with weight_map)").get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise SpecError(f"{index}: not a shard index (expected a JSON object with weight_map)")
-            shards = [directory / name for name in sorted(set(weight_map.values()))]
-            missing = [str(s) for s in shards if not s.is_file()]
-            if missing:
-                raise SpecError(f"{index}: lists shard(s) that do not exist: {', '.join(missing)}")
-            return shards
+        if os.path.lexists(directory / index_name):
+            return sorted(set(read_weight_map(directory, index_name).values()))
     for name in SINGLE_FILES:
-        if (directory / name).is_file():
-            return [directory / name]
+        if os.path.lexists(directory / name):
+            return [inside(directory, name, str(directory))]
     candidates = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file())
     safetensor_files = [p for p in candidates if p.suffix == ".safetensors"]
     for group in (safetensor_files, candidates):
         if len(group) == 1:
-            return group
+            return [inside(directory, group[0].name, str(directory))]
         if len(group) > 1:
             names = ", ".join(p.name for p in group)
             raise SpecError(f"{directory}: several weights files ({names}) and no shard index; pass one file as INPUT")

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Collection, Iterator
 
 
 def _current_umask() -> int:
@@ -91,11 +91,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, keep_old: bool = False, drop: Collection[str] = ()) -> Iterator[Path]:
     """Yield an empty staging folder next to `path`; on success it replaces `path` as a whole.
 
     A reader sees the old folder or the complete new one. On any exception the staging folder is
-    removed and `path` is left as it was. The caller fsyncs the files it writes.
+    removed and `path` is left as it was. The caller fsyncs the files it writes. With `keep_old`,
+    the files of the old folder that the staging folder lacks and `drop` does not name (paths
+    relative to the folder) are carried into it just before the swap: only the caller's files change.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         staging.chmod(default_dir_mode())
         yield staging
+        if keep_old and path.is_dir():
+            _carry_over(path, staging, set(drop))
         old = _move_aside(path)
         try:
             os.replace(staging, path)
@@ -116,6 +120,36 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _carry_over(old: Path, staging: Path, drop: set[str]) -> None:
+    """Hard-link (else copy) every file of `old` that `staging` lacks and `drop` does not name into `staging`."""
+    shutil.copymode(old, staging)
+    for directory, subdirectories, files in os.walk(old):
+        relative = Path(directory).relative_to(old)
+        for name in list(subdirectories):
+            target = staging / relative / name
+            if os.path.lexists(target) and not target.is_dir():  # the new folder has a file there
+                subdirectories.remove(name)
+            elif Path(directory, name).is_symlink():
+                files.append(name)  # a link to a folder is carried as the link itself
+                subdirectories.remove(name)
+            else:
+                target.mkdir(exist_ok=True)
+                shutil.copymode(Path(directory, name), target)
+        for name in files:
+            source, target = Path(directory, name), staging / relative / name
+            if (relative / name).as_posix() in drop or os.path.lexists(target):
+                continue
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+                continue
+            try:
+                os.link(source, target)
+            except OSError:  # links not allowed here: copy
+                shutil.copy2(source, target)
+                with open(target, "rb") as handle:
+                    os.fsync(handle.fileno())
 
 
 def _move_aside(path: Path) -> Path | None:

@@ -17,6 +17,7 @@ import torch
 from libspec.format.atomic import atomic_directory, default_file_mode, write_text_atomic
 from libspec.format.digest import digest_file
 from libspec.format.json_files import read_json_object
+from libspec.format.paths import inside, read_weight_map
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -25,14 +26,45 @@ FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 
 def is_checkpoint(directory: str | Path) -> bool:
-    """True if `directory` has a config.json with a speculators_config."""
+    """True if `directory` has a config.json with a speculators_config (or the spec_tools record of an EAGLE-1 folder)."""
     path = Path(directory) / CONFIG
     if not path.is_file():
         return False
     try:
-        return "speculators_config" in read_json_object(path)
+        config = read_json_object(path)
     except SpecError:
         return False
+    tools = config.get("spec_tools")
+    return "speculators_config" in config or (isinstance(tools, dict) and tools.get("algorithm") == "eagle")
+
+
+def refuse_to_replace(directory: str | Path, overwrite: bool) -> None:
+    """Refuse to write a checkpoint to `directory` where that could lose something: a file, a non-empty
+    folder that is no checkpoint, or (unless `overwrite`) an existing checkpoint. An empty or new folder is fine."""
+    directory = Path(directory)
+    if not os.path.lexists(directory):
+        return
+    if not directory.is_dir():
+        raise SpecError(f"{directory}: exists and is not a folder; refusing to replace it")
+    if not any(directory.iterdir()):
+        return
+    if not is_checkpoint(directory):
+        raise SpecError(f"{directory}: exists and is not a checkpoint folder (not empty, no speculator config.json); refusing to replace it, even with --overwrite")
+    if not overwrite:
+        raise SpecError(
+            f"{directory}: already holds a checkpoint{_verifier_of(directory)}; refusing to replace it "
+            "(pass --overwrite to replace its checkpoint files and leave its other files in place)"
+        )
+
+
+def _verifier_of(directory: Path) -> str:
+    """` (for verifier NAME)` as the folder's config.json records it, or nothing."""
+    try:
+        config = read_config(directory)
+        recorded = config.get("speculators_config", {}).get("verifier") or config.get("spec_tools", {}).get("verifier") or {}
+        return f" (for verifier {recorded['name_or_path']})"
+    except (SpecError, AttributeError, KeyError, TypeError):
+        return ""
 
 
 def read_config(directory: str | Path) -> dict:
@@ -65,28 +97,40 @@ def set_speculative_tokens(directory: str | Path, k: int) -> dict:
 
 
 def weight_files(directory: str | Path) -> list[Path]:
-    """The safetensors files holding the weights (one file, or the shards an index lists)."""
+    """The safetensors files holding the weights (one file, or the shards an index lists), each inside `directory`."""
     directory = Path(directory)
-    index = directory / f"{WEIGHTS}.index.json"
-    if index.is_file():
-        names = sorted(set(read_json_object(index)["weight_map"].values()))
-        return [directory / name for name in names]
-    single = directory / WEIGHTS
-    if not single.is_file():
-        raise SpecError(f"{single}: missing; a speculator checkpoint needs its weights")
-    return [single]
+    index = f"{WEIGHTS}.index.json"
+    if os.path.lexists(directory / index):
+        return sorted(set(read_weight_map(directory, index).values()))
+    if not os.path.lexists(directory / WEIGHTS):
+        raise SpecError(f"{directory / WEIGHTS}: missing; a speculator checkpoint needs its weights")
+    return [inside(directory, WEIGHTS, str(directory))]
 
 
 def checkpoint_files(directory: str | Path) -> list[Path]:
-    """The files a checkpoint consists of: config.json, the weights, and their index when sharded."""
+    """The files a checkpoint consists of: config.json, the weights, and their index when sharded (all inside `directory`)."""
     directory = Path(directory)
-    index = directory / f"{WEIGHTS}.index.json"
-    return [directory / CONFIG, *([index] if index.is_file() else []), *weight_files(directory)]
+    index = f"{WEIGHTS}.index.json"
+    own = [CONFIG, *([index] if os.path.lexists(directory / index) else [])]
+    return [*(inside(directory, name, str(directory)) for name in own), *weight_files(directory)]
+
+
+def file_names(directory: str | Path) -> set[str]:
+    """Relative names of the checkpoint files in `directory` as far as they can be read (empty if none):
+    what writing another checkpoint over it replaces, so that no stale shard or index is left behind."""
+    directory = Path(directory)
+    names = {name for name in (CONFIG, WEIGHTS, f"{WEIGHTS}.index.json") if os.path.lexists(directory / name)}
+    try:
+        names.update(path.relative_to(directory).as_posix() for path in weight_files(directory))
+    except SpecError:  # a broken index: its shards cannot be told apart from other files, so they stay
+        pass
+    return names
 
 
 def weight_checksums(directory: str | Path) -> dict[str, str]:
     """File name -> sha256 of every weight file: identifies the weights whatever config.json says."""
-    return {path.name: digest_file(path).sha256 for path in weight_files(directory)}
+    directory = Path(directory)
+    return {path.relative_to(directory).as_posix(): digest_file(path).sha256 for path in weight_files(directory)}
 
 
 def tensor_headers(directory: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:

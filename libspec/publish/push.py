@@ -94,7 +94,7 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
     checkpoint_dir = Path(checkpoint_dir)
     gate = Gate()
     config = _gate_checkpoint(checkpoint_dir, gate)
-    checkpoint_items = [_file_item(path.name, path) for path in ckpt.checkpoint_files(checkpoint_dir)]
+    checkpoint_items = [_file_item(path.relative_to(checkpoint_dir).as_posix(), path) for path in ckpt.checkpoint_files(checkpoint_dir)]
     weights = {item.path_in_repo: item.sha256 for item in checkpoint_items if item.path_in_repo.endswith(".safetensors")}
     measured, report_items = _gate_reports(bench_paths, checkpoint_dir, config, weights, gate)
     _gate_floors(options.floors, measured, gate)
@@ -226,15 +226,19 @@ def _refuse_unless_allowed(plan: PushPlan) -> None:
 # ---- writing the Hub-ready folder -----------------------------------------------------------
 
 
-def write_folder(plan: PushPlan, directory: str | Path) -> Path:
-    """Write the planned files to `directory` as one atomic folder replacement; it must validate."""
+def write_folder(plan: PushPlan, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the planned files to `directory` as one atomic folder replacement; it must validate.
+
+    A non-empty `directory` is refused unless it holds a checkpoint and `overwrite` is given; then its
+    checkpoint files and the planned files are replaced and every other file stays.
+    """
     _refuse_unless_allowed(plan)
     directory = Path(directory)
     if directory.resolve() == plan.checkpoint.resolve():
         raise SpecError(f"{directory}: --to-dir must differ from the checkpoint folder")
-    if directory.exists() and not ckpt.is_checkpoint(directory) and (not directory.is_dir() or any(directory.iterdir())):
-        raise SpecError(f"{directory}: exists and is not a checkpoint folder; refusing to replace it")
-    with atomic_directory(directory) as staging:
+    ckpt.refuse_to_replace(directory, overwrite)
+    stale = ckpt.file_names(directory) if overwrite else set()
+    with atomic_directory(directory, keep_old=overwrite, drop=stale) as staging:
         for item in plan.items:
             _write_item(item, staging / item.path_in_repo)
         written = validate(str(staging))

@@ -9,6 +9,7 @@ safetensors: a 70B verifier costs the memory of two small tensors.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from libspec.errors import SpecError
-from libspec.format.json_files import read_json_object
+from libspec.format.paths import inside, read_weight_map
 from libspec.verifier import read_model_config, resolve_model_dir
 
 # Names HF decoder families give the norm after the last layer (Llama/Qwen/Gemma/Mistral, Phi, GPT-2/Falcon).
@@ -92,12 +93,12 @@ def find_final_norm(model: nn.Module, where: str = "the verifier") -> nn.Module:
 
 def _read_tensors(model_dir: Path, names: list[str], tied: dict[str, str]) -> dict[str, torch.Tensor]:
     """Read only `names` from the verifier's safetensors (single file or sharded with an index)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json_object(index)["weight_map"]
-    elif (model_dir / "model.safetensors").is_file():
-        with safetensors.safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
-            weight_map = {key: "model.safetensors" for key in handle.keys()}
+    if os.path.lexists(model_dir / "model.safetensors.index.json"):
+        weight_map = read_weight_map(model_dir, "model.safetensors.index.json")
+    elif os.path.lexists(model_dir / "model.safetensors"):
+        single = inside(model_dir, "model.safetensors", str(model_dir))
+        with safetensors.safe_open(str(single), framework="pt") as handle:
+            weight_map = {key: single for key in handle.keys()}
     else:
         raise SpecError(f"{model_dir}: no model.safetensors (or index); the teacher needs the verifier's weights")
     tensors = {}
@@ -105,6 +106,6 @@ def _read_tensors(model_dir: Path, names: list[str], tied: dict[str, str]) -> di
         stored = name if name in weight_map else tied.get(name)  # tied lm_head: stored as the embedding
         if stored not in weight_map:
             raise SpecError(f"{model_dir}: the verifier's weights lack {name}")
-        with safetensors.safe_open(str(model_dir / weight_map[stored]), framework="pt") as handle:
+        with safetensors.safe_open(str(weight_map[stored]), framework="pt") as handle:
             tensors[name] = handle.get_tensor(stored)
     return tensors
