@@ -9,6 +9,8 @@ measurements derive from those raw counts (libspec/bench/measure.py).
 
 from __future__ import annotations
 
+import inspect
+
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -67,6 +69,8 @@ class DecodingVerifier:
             module = decoder.norm if layer_id == len(layers) else layers[layer_id]
             self._hooks.append(module.register_forward_pre_hook(self._capture(layer_id), with_kwargs=True))
         self.cache = DynamicCache()
+        # transformers >= 5.2x names the KV cache argument `cache` and warns on every call with the old name.
+        self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _capture(self, layer_id: int):
         def hook(module, args, kwargs):
@@ -89,7 +93,7 @@ class DecodingVerifier:
         positions = torch.arange(start, start + len(token_ids), device=self.device)
         self._captured.clear()
         out = self.model(
-            input_ids=token_ids[None], past_key_values=self.cache, use_cache=True, position_ids=positions[None], logits_to_keep=0
+            input_ids=token_ids[None], use_cache=True, position_ids=positions[None], logits_to_keep=0, **{self._cache_argument: self.cache}
         )
         aux = torch.cat([self._captured[i][0] for i in self.layer_ids], dim=-1) if self.layer_ids else None
         return out.logits[0].float(), aux
