@@ -16,7 +16,7 @@ import torch
 
 from libspec.format.atomic import atomic_directory, default_file_mode, write_text_atomic
 from libspec.format.digest import digest_file
-from libspec.format.json_files import read_json_object
+from libspec.format.json_files import read_json_object, read_weight_map
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -69,7 +69,7 @@ def weight_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     index = directory / f"{WEIGHTS}.index.json"
     if index.is_file():
-        names = sorted(set(read_json_object(index)["weight_map"].values()))
+        names = sorted(set(read_weight_map(index).values()))
         return [directory / name for name in names]
     single = directory / WEIGHTS
     if not single.is_file():

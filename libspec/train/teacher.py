@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from libspec.errors import SpecError
-from libspec.format.json_files import read_json_object
+from libspec.format.json_files import read_weight_map
 from libspec.verifier import read_model_config, resolve_model_dir
 
 # Names HF decoder families give the norm after the last layer (Llama/Qwen/Gemma/Mistral, Phi, GPT-2/Falcon).
@@ -94,7 +94,7 @@ def _read_tensors(model_dir: Path, names: list[str], tied: dict[str, str]) -> di
     """Read only `names` from the verifier's safetensors (single file or sharded with an index)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json_object(index)["weight_map"]
+        weight_map = read_weight_map(index)
     elif (model_dir / "model.safetensors").is_file():
         with safetensors.safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
             weight_map = {key: "model.safetensors" for key in handle.keys()}
