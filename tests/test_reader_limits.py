@@ -354,7 +354,7 @@ def test_issue_16_corrupt_gz_and_zst_inputs(tmp_path):
             count_items([str(tmp_path / name)])
 
 
-def test_issue_16_zst_inputs_of_several_frames_are_read_whole(tmp_path):
+def test_zst_inputs_of_several_frames_are_read_whole(tmp_path):
     # `zstd -T`, pzstd and `cat a.zst b.zst` write several frames; only the first used to be read.
     frames = b"".join(zstandard.ZstdCompressor().compress(b'{"text": "%d"}\n' % i) for i in range(3))
     (tmp_path / "in.jsonl.zst").write_bytes(frames)

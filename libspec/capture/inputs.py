@@ -39,7 +39,7 @@ import zstandard
 
 from libspec.format.bounded_io import open_regular, regular_file_size, size_text
 from libspec.format.digest import digest_file
-from libspec.format.json_files import json_value_problem
+from libspec.format.json_files import MAX_NESTING, json_value_problem
 from libspec.errors import SpecError
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -151,7 +151,7 @@ def _open_binary(name: str, stdin: BinaryIO | None) -> Iterator[BinaryIO]:
             with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
                 yield unzipped
         elif name.endswith(".zst"):
-            with io.BufferedReader(_ZstdFrames(handle)) as unzstd:
+            with io.BufferedReader(_ZstdFrames(handle), buffer_size=1 << 20) as unzstd:
                 yield unzstd
         else:
             yield handle
@@ -168,30 +168,31 @@ class _ZstdFrames(io.RawIOBase):
         self.source = source
         self.frame = zstandard.ZstdDecompressor().decompressobj()
         self.in_frame = False  # bytes of the current frame were fed
-        self.compressed = b""
-        self.output = b""
+        self.compressed, self.fed = b"", 0
+        self.output, self.taken = b"", 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self.output:
-            if not self.compressed:
-                self.compressed = self.source.read(1 << 20)
+        while self.taken == len(self.output):
+            if self.fed == len(self.compressed):
+                self.compressed, self.fed = self.source.read(1 << 20), 0
                 if not self.compressed:
                     if self.in_frame:
                         raise zstandard.ZstdError("the file ends inside a zstd frame (truncated)")
                     return 0
-            piece, self.compressed = self.compressed[: self._PIECE], self.compressed[self._PIECE :]
-            self.output = self.frame.decompress(piece)
+            piece = memoryview(self.compressed)[self.fed : self.fed + self._PIECE]
+            self.fed += len(piece)
+            self.output, self.taken = self.frame.decompress(piece), 0
             self.in_frame = True
             if self.frame.eof:  # the next frame starts in what this one left over
-                self.compressed = self.frame.unused_data + self.compressed
+                self.compressed, self.fed = self.frame.unused_data + self.compressed[self.fed :], 0
                 self.frame = zstandard.ZstdDecompressor().decompressobj()
                 self.in_frame = False
-        count = min(len(buffer), len(self.output))
-        buffer[:count] = self.output[:count]
-        self.output = self.output[count:]
+        count = min(len(buffer), len(self.output) - self.taken)
+        buffer[:count] = memoryview(self.output)[self.taken : self.taken + count]
+        self.taken += count
         return count
 
 
@@ -218,6 +219,10 @@ def _file_items(name: str, stdin: BinaryIO | None, parse: bool = True) -> Iterat
 
 
 def _is_blank(data: bytes) -> bool:
+    """Blank as str.strip() sees it (Unicode spaces too), decoding only lines that may hold them."""
+    stripped = data.strip()
+    if not stripped or stripped[0] < 0x80:
+        return not stripped
     try:
         return not data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -252,7 +257,8 @@ def _parse_line(number: int, data: bytes | None) -> tuple[int, Any, str | None]:
         return number, None, f"not valid JSON: {error.msg} at column {error.colno}"
     except RecursionError:
         return number, None, "not valid JSON: nested too deeply"
-    problem = json_value_problem(value)
+    # Fewer brackets than the nesting limit cannot nest past it: most lines need no walk.
+    problem = json_value_problem(value) if data.count(b"[") + data.count(b"{") > MAX_NESTING else None
     return (number, None, f"not valid JSON: {problem}") if problem else (number, value, None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ def read_json_object(path: str | Path, missing: str = "missing", expected: str =
     path = Path(path)
     try:
         with open_regular(path, "file", missing=missing) as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+            size = os.fstat(handle.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise SpecError(f"{path}: {size} bytes, past the {size_text(max_bytes)} limit for this file")
+            data = handle.read()
     except OSError as error:
         raise SpecError(f"{path}: unreadable: {error.strerror or error}") from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise SpecError(f"{path}: larger than the {size_text(max_bytes)} limit for this file")
     try:
         value = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
