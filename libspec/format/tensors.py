@@ -226,7 +226,7 @@ def _checked_header(header: dict, path: Path, data_bytes: int) -> dict:
             raise SpecError(f"{where}: expected an entry with dtype, shape and data_offsets")
         dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
-            raise SpecError(f"{where}: unsupported dtype {info['dtype']!r}; expected one of {', '.join(_SAFETENSORS_DTYPES)}")
+            raise SpecError(f"{where}: unsupported dtype {_short(info['dtype'])}; expected one of {', '.join(_SAFETENSORS_DTYPES)}")
         shape, offsets = info["shape"], info["data_offsets"]
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise SpecError(f"{where}: shape must be a list of non-negative integers, found {_short(shape)}")
@@ -257,7 +257,11 @@ def _checked_header(header: dict, path: Path, data_bytes: int) -> dict:
 
 
 def _short(value) -> str:
-    text = json.dumps(value)
+    """A header value as errors quote it: JSON, at most 80 characters."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:  # nested almost as deep as the parser allowed
+        text = f"a deeply nested {type(value).__name__}"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
