@@ -268,79 +268,87 @@ def _array_items(name: str, start: bytes, handle: BinaryIO) -> Iterator[tuple[in
     `start` is the file's first non-blank line (or its first MAX_LINE_BYTES); the rest is read from `handle`.
     Items are limited to MAX_LINE_BYTES each, like JSONL lines; a bad item stops the file with SpecError.
     """
-    decoder, scanner = codecs.getincrementaldecoder("utf-8")(), json.JSONDecoder()
-    text, position, eof = "", 0, False
-
-    def more(minimum: int) -> None:
-        nonlocal text, position, eof
-        text = text[position:]  # drop what was parsed: memory stays within an item and one read
-        position = 0
-        chunk = handle.read(max(1 << 20, minimum))
-        eof = not chunk
-        try:
-            text += decoder.decode(chunk, final=eof)
-        except UnicodeDecodeError as error:
-            raise SpecError(f"{name}: not UTF-8 text ({error.reason})") from None
-
-    def skip_space() -> bool:
-        """Move to the next non-blank character; False at the end of the file."""
-        nonlocal position
-        while True:
-            while position < len(text) and text[position] in " \t\r\n":
-                position += 1
-            if position < len(text):
-                return True
-            if eof:
-                return False
-            more(0)
-
-    try:
-        text = decoder.decode(start)
-    except UnicodeDecodeError as error:
-        raise SpecError(f"{name}: not UTF-8 text ({error.reason})") from None
-    position = text.index("[") + 1
+    array = _JsonArray(name, start, handle)
     number = 0
-    while True:
-        if not skip_space():
-            raise SpecError(f"{name}: not a valid JSON array: it ends after {number} items without its closing ] (truncated?)")
-        if text[position] == "]" and number == 0:
-            position += 1
-            break
-        if number > 0:
-            if text[position] == "]":
-                position += 1
+    cut = lambda: f"it ends after {number} items without its closing ] (truncated?)"  # noqa: E731
+    if array.next_char(cut()) != "]":
+        while True:
+            number += 1
+            yield number, array.item(number), None
+            separator = array.next_char(cut())
+            if separator == "]":
                 break
-            if text[position] != ",":
+            if separator != ",":
                 raise SpecError(f"{name}: not a valid JSON array: expected , or ] after item {number}")
-            position += 1
-            if not skip_space():
-                raise SpecError(f"{name}: not a valid JSON array: it ends after {number} items without its closing ] (truncated?)")
-        while True:  # parse one item, reading more of the file until it is whole
+            array.position += 1
+            array.next_char(cut())  # items start after blanks: raw_decode does not skip them
+    array.position += 1  # the closing ]
+    if array.next_char(None) is not None:
+        raise SpecError(f"{name}: not a valid JSON array: data after its closing ]")
+
+
+class _JsonArray:
+    """A JSON array read from a file in pieces: `text[position:]` is what is not yet parsed."""
+
+    def __init__(self, name: str, start: bytes, handle: BinaryIO):
+        self.name, self.handle = name, handle
+        self.decoder, self.scanner = codecs.getincrementaldecoder("utf-8")(), json.JSONDecoder()
+        self.text, self.position, self.eof = "", 0, False
+        self._decode(start)
+        self.position = self.text.index("[") + 1
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            self.text += self.decoder.decode(data, final=self.eof)
+        except UnicodeDecodeError as error:
+            raise SpecError(f"{self.name}: not UTF-8 text ({error.reason})") from None
+
+    def _more(self, minimum: int = 0) -> None:
+        """Read on; drop what was parsed, so memory stays within an item and one read."""
+        self.text, self.position = self.text[self.position :], 0
+        data = self.handle.read(max(1 << 20, minimum))
+        self.eof = not data
+        self._decode(data)
+
+    def next_char(self, at_end: str | None) -> str | None:
+        """The next non-blank character (not consumed); at the end of the file, None, or SpecError saying `at_end`."""
+        while True:
+            while self.position < len(self.text) and self.text[self.position] in " \t\r\n":
+                self.position += 1
+            if self.position < len(self.text):
+                return self.text[self.position]
+            if self.eof:
+                if at_end is None:
+                    return None
+                raise SpecError(f"{self.name}: not a valid JSON array: {at_end}")
+            self._more()
+
+    def item(self, number: int) -> Any:
+        """Parse item `number`, which starts at `position`, reading more of the file until it is whole."""
+        too_long = f"{self.name}: item {number} of the JSON array is longer than the {size_text(MAX_LINE_BYTES)} limit (SPEC.md §9.1)"
+        while True:
+            pending = len(self.text) - self.position
             try:
-                value, end = scanner.raw_decode(text, position)
+                value, end = self.scanner.raw_decode(self.text, self.position)
             except json.JSONDecodeError as error:
-                if eof or len(text) - position > MAX_LINE_BYTES:
-                    if len(text) - position > MAX_LINE_BYTES:
-                        raise SpecError(f"{name}: item {number + 1} of the JSON array is longer than the {size_text(MAX_LINE_BYTES)} limit (SPEC.md §9.1)") from None
-                    raise SpecError(f"{name}: not a valid JSON array: item {number + 1}: {error.msg}") from None
-                more(len(text) - position)
+                if pending > MAX_LINE_BYTES:
+                    raise SpecError(too_long) from None
+                if self.eof:
+                    raise SpecError(f"{self.name}: not a valid JSON array: item {number}: {error.msg}") from None
+                self._more(pending)
                 continue
             except RecursionError:
-                raise SpecError(f"{name}: not a valid JSON array: item {number + 1} is nested too deeply") from None
-            if end == len(text) and not eof:  # a number or literal may go on in the next read
-                more(len(text) - position)
+                raise SpecError(f"{self.name}: not a valid JSON array: item {number} is nested too deeply") from None
+            if end == len(self.text) and not self.eof:  # a number or literal may go on in the next read
+                self._more(pending)
                 continue
-            break
-        if end - position > MAX_LINE_BYTES:
-            raise SpecError(f"{name}: item {number + 1} of the JSON array is longer than the {size_text(MAX_LINE_BYTES)} limit (SPEC.md §9.1)")
-        problem = json_value_problem(value)
-        if problem is not None:
-            raise SpecError(f"{name}: not a valid JSON array: item {number + 1} is {problem}")
-        number += 1
-        position = end
-        yield number, value, None
-    if skip_space():
-        raise SpecError(f"{name}: not a valid JSON array: data after its closing ]")
+            if end - self.position > MAX_LINE_BYTES:
+                raise SpecError(too_long)
+            problem = json_value_problem(value)
+            if problem is not None:
+                raise SpecError(f"{self.name}: not a valid JSON array: item {number} is {problem}")
+            self.position = end
+            return value
 
 
 def normalise(item: RawItem, prompt_only: bool = False) -> Example:
