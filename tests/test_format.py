@@ -256,6 +256,7 @@ def test_manifest_schema_violation_is_reported_with_its_location(tmp_path, heade
         {"input_ids": [1], "loss_mask": [1]},
         {"id": "a", "input_ids": [1, True], "loss_mask": [1, 1]},
         {"id": "a", "input_ids": [1], "loss_mask": [1], "metadata": []},
+        {"id": "a", "input_ids": [1, 2], "loss_mask": [True, False]},  # issue 16.8: msgpack booleans are not 0/1
     ],
 )
 def test_fast_record_check_agrees_with_the_schema(record):

@@ -306,3 +306,22 @@ def test_human_summary_is_a_few_lines_not_json(capsys, tmp_path, verifier_dir, i
     assert not err.lstrip().startswith("{")
     assert main(argv) == 0  # a rerun says so
     assert "already complete" in capsys.readouterr().err
+
+
+def test_issue_16_binary_overlong_and_deeply_nested_lines_are_counted_and_skipped_with_skip_bad(capsys, tmp_path, verifier_dir, monkeypatch):
+    import libspec.capture.inputs as inputs_module
+
+    monkeypatch.setattr(inputs_module, "MAX_LINE_BYTES", 4096)  # the 8 MiB limit, scaled down
+    good = [json.dumps(c).encode() for c in conversations(3)]
+    bad = [b"\x89PNG\r\x00\xff\xfe", json.dumps({"text": "a" * 10_000}).encode(), b"[" * 2000 + b"]" * 2000]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join([good[0], bad[0], good[1], bad[1], bad[2], good[2]]) + b"\n")
+    summary = run_json(capsys, "--verifier", verifier_dir, "--data", path, "-o", tmp_path / "out", "--skip-bad")
+    assert summary["inputs_read"] == 6 and summary["records_written"] == 3 and summary["dropped"] == {"bad_input": 3}
+    assert [error.split("in.jsonl:")[1] for error in summary["first_errors"]] == [
+        "2: not UTF-8 text (invalid start byte at byte 0)",
+        "4: line longer than the 4 KiB limit (SPEC.md §9.1)",
+        "5: not valid JSON: nested too deeply",
+    ]
+    with pytest.raises(SpecError, match=r"in.jsonl:2: not UTF-8 text"):
+        main(["--quiet", "--verifier", str(verifier_dir), "--data", str(path), "-o", str(tmp_path / "strict")])

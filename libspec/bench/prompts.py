@@ -41,6 +41,10 @@ def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
         lines = path.read_text("utf-8").splitlines()
     except FileNotFoundError:
         raise SpecError(f"{path}: prompt file not found (or a benchmark set: {', '.join(BENCHMARKS)}, optionally NAME:N)") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not a JSONL prompt file: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise SpecError(f"{path}: prompt file unreadable: {error.strerror or error}") from None
     items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -49,6 +53,8 @@ def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
             item = json.loads(line)
         except json.JSONDecodeError as error:
             raise SpecError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+        except RecursionError:
+            raise SpecError(f"{path}:{number}: not valid JSON: nested too deeply") from None
         if not isinstance(item, dict) or not (isinstance(item.get("prompt"), str) or isinstance(item.get("messages"), list)):
             raise SpecError(f"{path}:{number}: expected an object with a string 'prompt' or a list 'messages'")
         if not isinstance(item.get("category", ""), str):

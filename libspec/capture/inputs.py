@@ -24,17 +24,22 @@ line or array item is an input item with a global position `index`, bad ones inc
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import gzip
 import io
 import json
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
 import zstandard
 
+from libspec.format.bounded_io import open_regular, regular_file_size, size_text
 from libspec.format.digest import digest_file
+from libspec.format.json_files import MAX_NESTING, json_value_problem
 from libspec.errors import SpecError
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -48,6 +53,9 @@ SHAREGPT_ROLES = {
 }  # fmt: skip
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", *REASONING_KEYS)
+# One JSONL line or JSON array item (SPEC.md §9.1): ~2M tokens of text, past any model's context;
+# tokenizing costs ~200 bytes of memory per byte of text, so longer lines are refused, not read.
+MAX_LINE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,9 @@ def expand_inputs(paths: Iterable[str]) -> list[str]:
             if not found:
                 raise SpecError(f"{path}: directory holds no input files ({', '.join(INPUT_SUFFIXES)})")
             files += found
-        elif path.is_file():
+        else:  # a named pipe would be read twice (sizes and checksums, then items): give - instead
+            regular_file_size(path, "input file", missing="no such file or directory")
             files.append(str(path))
-        else:
-            raise SpecError(f"{path}: no such file or directory")
     if files.count("-") > 1:
         raise SpecError("stdin (-) can be given only once as input")
     return files
@@ -121,7 +128,11 @@ def describe_inputs(files: list[str]) -> list[dict]:
 
 
 def read_items(files: list[str], stdin: BinaryIO | None = None) -> Iterator[RawItem]:
-    """Every input item of every file in order, numbered globally; JSON errors become error items."""
+    """Every input item of every file in order, numbered globally; bad lines become error items.
+
+    A line that is not JSON, not UTF-8, nested too deeply or longer than MAX_LINE_BYTES is an error
+    item (counted and skipped with --skip-bad); a file that cannot be read at all raises SpecError.
+    """
     index = 0
     for name in files:
         for line, value, error in _file_items(name, stdin):
@@ -129,52 +140,215 @@ def read_items(files: list[str], stdin: BinaryIO | None = None) -> Iterator[RawI
             index += 1
 
 
-def _open_text(name: str, stdin: BinaryIO | None) -> io.TextIOBase:
+@contextlib.contextmanager
+def _open_binary(name: str, stdin: BinaryIO | None) -> Iterator[BinaryIO]:
+    """The decompressed bytes of one input: `-` (stdin), or a regular file, plain, .gz or .zst."""
     if name == "-":
-        return io.TextIOWrapper(stdin or sys.stdin.buffer, encoding="utf-8")
-    if name.endswith(".gz"):
-        return gzip.open(name, "rt", encoding="utf-8")
-    if name.endswith(".zst"):
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(name, "rb"), closefd=True), encoding="utf-8")
-    return open(name, encoding="utf-8")
+        yield stdin or sys.stdin.buffer
+        return
+    with open_regular(name, "input file", missing="no such file or directory") as handle:
+        if name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
+                yield unzipped
+        elif name.endswith(".zst"):
+            with io.BufferedReader(_ZstdFrames(handle), buffer_size=1 << 20) as unzstd:
+                yield unzstd
+        else:
+            yield handle
 
 
-def _file_items(name: str, stdin: BinaryIO | None) -> Iterator[tuple[int, Any, str | None]]:
-    """(line or item number, parsed value, error) for each item of one input file."""
+class _ZstdFrames(io.RawIOBase):
+    """The content of a file of zstd frames, one after the other (`zstd -T`, pzstd and `cat a.zst b.zst`
+    write several). A file that ends inside a frame is an error: python-zstandard's stream_reader
+    would just stop there, silently dropping the rest of the input."""
+
+    _PIECE = 4096  # compressed bytes per step: at most 128 MiB of output even from a zip bomb
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.in_frame = False  # bytes of the current frame were fed
+        self.compressed, self.fed = b"", 0
+        self.output, self.taken = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.taken == len(self.output):
+            if self.fed == len(self.compressed):
+                self.compressed, self.fed = self.source.read(1 << 20), 0
+                if not self.compressed:
+                    if self.in_frame:
+                        raise zstandard.ZstdError("the file ends inside a zstd frame (truncated)")
+                    return 0
+            piece = memoryview(self.compressed)[self.fed : self.fed + self._PIECE]
+            self.fed += len(piece)
+            self.output, self.taken = self.frame.decompress(piece), 0
+            self.in_frame = True
+            if self.frame.eof:  # the next frame starts in what this one left over
+                self.compressed, self.fed = self.frame.unused_data + self.compressed[self.fed :], 0
+                self.frame = zstandard.ZstdDecompressor().decompressobj()
+                self.in_frame = False
+        count = min(len(buffer), len(self.output) - self.taken)
+        buffer[:count] = memoryview(self.output)[self.taken : self.taken + count]
+        self.taken += count
+        return count
+
+
+def _file_items(name: str, stdin: BinaryIO | None, parse: bool = True) -> Iterator[tuple[int, Any, str | None]]:
+    """(line or item number, parsed value, error) for each item of one input file (without `parse`, JSONL
+    lines are counted but not parsed: (number, None, None))."""
     try:
-        with _open_text(name, stdin) as handle:
-            lines = enumerate(handle, start=1)
-            for number, text in lines:
-                if not text.strip():
-                    continue
-                if text.lstrip().startswith("["):  # one JSON array (e.g. a ShareGPT dump), not JSONL
-                    yield from _array_items(name, text + handle.read())
+        with _open_binary(name, stdin) as handle:
+            number, first = 0, b""
+            while _is_blank(first):
+                first = handle.readline(MAX_LINE_BYTES + 1)
+                if not first:
                     return
-                yield _parse_line(number, text)
-                break
-            for number, text in lines:
-                if text.strip():
-                    yield _parse_line(number, text)
-    except UnicodeDecodeError as error:
-        raise SpecError(f"{name}: not UTF-8 text ({error.reason})") from None
-    except (OSError, EOFError, zstandard.ZstdError) as error:
-        raise SpecError(f"{name}: cannot read: {error}") from None
+                number += 1
+            if first.lstrip().startswith(b"["):  # one JSON array (e.g. a ShareGPT dump, often one long line), not JSONL
+                yield from _array_items(name, first, handle)
+                return
+            for number, data in _lines(handle, number, first):
+                if data is None or not _is_blank(data):
+                    yield _parse_line(number, data) if parse else (number, None, None)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as error:
+        damaged = "corrupt or truncated compressed data: " if name.endswith((".gz", ".zst")) else ""
+        raise SpecError(f"{name}: cannot read ({damaged}{error})") from None
 
 
-def _parse_line(number: int, text: str) -> tuple[int, Any, str | None]:
+def _is_blank(data: bytes) -> bool:
+    """Blank as str.strip() sees it (Unicode spaces too), decoding only lines that may hold them."""
+    stripped = data.strip()
+    if not stripped or stripped[0] < 0x80:
+        return not stripped
     try:
-        return number, json.loads(text), None
+        return not data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
+
+
+def _lines(handle: BinaryIO, number: int, first: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, bytes) per line from line `number` (`first`) on; None for a line longer than
+    MAX_LINE_BYTES, whose rest is skipped without keeping it."""
+    data = first
+    while data:
+        if len(data) > MAX_LINE_BYTES and not data.endswith(b"\n"):
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+        else:
+            yield number, data
+        data = handle.readline(MAX_LINE_BYTES + 1)
+        number += 1
+
+
+def _parse_line(number: int, data: bytes | None) -> tuple[int, Any, str | None]:
+    if data is None:
+        return number, None, f"line longer than the {size_text(MAX_LINE_BYTES)} limit (SPEC.md §9.1)"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return number, None, f"not UTF-8 text ({error.reason} at byte {error.start})"
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as error:
         return number, None, f"not valid JSON: {error.msg} at column {error.colno}"
+    except RecursionError:
+        return number, None, "not valid JSON: nested too deeply"
+    # Fewer brackets than the nesting limit cannot nest past it: most lines need no walk.
+    problem = json_value_problem(value) if data.count(b"[") + data.count(b"{") > MAX_NESTING else None
+    return (number, None, f"not valid JSON: {problem}") if problem else (number, value, None)
 
 
-def _array_items(name: str, text: str) -> Iterator[tuple[int, Any, str | None]]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpecError(f"{name}: not a valid JSON array: {error}") from None
-    for number, value in enumerate(items, start=1):
-        yield number, value, None
+def _array_items(name: str, start: bytes, handle: BinaryIO) -> Iterator[tuple[int, Any, str | None]]:
+    """The items of a JSON array file, parsed one at a time so that memory stays within one item.
+
+    `start` is the file's first non-blank line (or its first MAX_LINE_BYTES); the rest is read from `handle`.
+    Items are limited to MAX_LINE_BYTES each, like JSONL lines; a bad item stops the file with SpecError.
+    """
+    array = _JsonArray(name, start, handle)
+    number = 0
+    cut = lambda: f"it ends after {number} items without its closing ] (truncated?)"  # noqa: E731
+    if array.next_char(cut()) != "]":
+        while True:
+            number += 1
+            yield number, array.item(number), None
+            separator = array.next_char(cut())
+            if separator == "]":
+                break
+            if separator != ",":
+                raise SpecError(f"{name}: not a valid JSON array: expected , or ] after item {number}")
+            array.position += 1
+            array.next_char(cut())  # items start after blanks: raw_decode does not skip them
+    array.position += 1  # the closing ]
+    if array.next_char(None) is not None:
+        raise SpecError(f"{name}: not a valid JSON array: data after its closing ]")
+
+
+class _JsonArray:
+    """A JSON array read from a file in pieces: `text[position:]` is what is not yet parsed."""
+
+    def __init__(self, name: str, start: bytes, handle: BinaryIO):
+        self.name, self.handle = name, handle
+        self.decoder, self.scanner = codecs.getincrementaldecoder("utf-8")(), json.JSONDecoder()
+        self.text, self.position, self.eof = "", 0, False
+        self._decode(start)
+        self.position = self.text.index("[") + 1
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            self.text += self.decoder.decode(data, final=self.eof)
+        except UnicodeDecodeError as error:
+            raise SpecError(f"{self.name}: not UTF-8 text ({error.reason})") from None
+
+    def _more(self, minimum: int = 0) -> None:
+        """Read on; drop what was parsed, so memory stays within an item and one read."""
+        self.text, self.position = self.text[self.position :], 0
+        data = self.handle.read(max(1 << 20, minimum))
+        self.eof = not data
+        self._decode(data)
+
+    def next_char(self, at_end: str | None) -> str | None:
+        """The next non-blank character (not consumed); at the end of the file, None, or SpecError saying `at_end`."""
+        while True:
+            while self.position < len(self.text) and self.text[self.position] in " \t\r\n":
+                self.position += 1
+            if self.position < len(self.text):
+                return self.text[self.position]
+            if self.eof:
+                if at_end is None:
+                    return None
+                raise SpecError(f"{self.name}: not a valid JSON array: {at_end}")
+            self._more()
+
+    def item(self, number: int) -> Any:
+        """Parse item `number`, which starts at `position`, reading more of the file until it is whole."""
+        too_long = f"{self.name}: item {number} of the JSON array is longer than the {size_text(MAX_LINE_BYTES)} limit (SPEC.md §9.1)"
+        while True:
+            pending = len(self.text) - self.position
+            try:
+                value, end = self.scanner.raw_decode(self.text, self.position)
+            except json.JSONDecodeError as error:
+                if pending > MAX_LINE_BYTES:
+                    raise SpecError(too_long) from None
+                if self.eof:
+                    raise SpecError(f"{self.name}: not a valid JSON array: item {number}: {error.msg}") from None
+                self._more(pending)
+                continue
+            except RecursionError:
+                raise SpecError(f"{self.name}: not a valid JSON array: item {number} is nested too deeply") from None
+            if end == len(self.text) and not self.eof:  # a number or literal may go on in the next read
+                self._more(pending)
+                continue
+            if end - self.position > MAX_LINE_BYTES:
+                raise SpecError(too_long)
+            problem = json_value_problem(value)
+            if problem is not None:
+                raise SpecError(f"{self.name}: not a valid JSON array: item {number} is {problem}")
+            self.position = end
+            return value
 
 
 def normalise(item: RawItem, prompt_only: bool = False) -> Example:
@@ -324,14 +498,4 @@ def count_items(files: list[str]) -> int | None:
     """How many input items the files hold (None when reading stdin), for progress bars."""
     if "-" in files:
         return None
-    total = 0
-    for name in files:
-        with _open_text(name, None) as handle:
-            for text in handle:
-                if not text.strip():
-                    continue
-                if text.lstrip().startswith("["):
-                    total += sum(1 for _ in _array_items(name, text + handle.read()))
-                    break
-                total += 1 + sum(1 for rest in handle if rest.strip())
-    return total
+    return sum(1 for name in files for _ in _file_items(name, None, parse=False))

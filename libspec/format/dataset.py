@@ -14,17 +14,20 @@ from typing import Iterator
 import torch
 
 from libspec.format.atomic import write_text_atomic
+from libspec.format.bounded_io import regular_file_size
 from libspec.format.digest import FileDigest, check_digest, digest_file, sha256_text
-from libspec.format.json_files import read_json_object
+from libspec.format.json_files import json_value_problem, read_json_object
 from libspec.errors import SpecError, where
 from libspec.verifier import VerifierFingerprint
-from libspec.format.records import check_record, read_record_shard, write_record_shard
+from libspec.format.records import MAX_RECORD_SHARD_BYTES, check_record, read_record_shard, record_bytes, write_record_shard
 from libspec.format.sample import Sample, header_of, header_problems
 from libspec.format.schemas import check_schema
 from libspec.format.tensors import TensorShard, encode_hidden, storage_dtype, write_tensor_shard
 
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 << 20  # big enough to stream well, small enough to redo after a crash
+# manifest.json (SPEC.md §9): a few hundred bytes per shard; 64 MiB lists over 100,000 shards.
+MAX_MANIFEST_BYTES = 64 << 20
 # Shard files and the temp files of interrupted atomic writes (see libspec.format.atomic).
 _SHARD_PREFIXES = ("records-", "hidden-", ".records-", ".hidden-", f".{MANIFEST}.")
 
@@ -47,7 +50,10 @@ def dataset_fingerprint(manifest: dict) -> str:
 def read_manifest(directory: str | Path) -> dict:
     """Parse and schema-check a data set's manifest.json."""
     path = Path(directory) / MANIFEST
-    manifest = read_json_object(path, missing="missing; a data set directory needs its manifest")
+    manifest = read_json_object(path, missing="missing; a data set directory needs its manifest", max_bytes=MAX_MANIFEST_BYTES)
+    problem = json_value_problem(manifest)
+    if problem is not None:
+        raise SpecError(f"{path}: {problem} (SPEC.md §2)")
     check_schema("dataset-manifest", manifest, str(path))
     problems = header_problems(manifest)
     if problems:
@@ -69,6 +75,7 @@ class DatasetWriter:
         self.shards: list[dict] = []
         self._pending: list[tuple[dict, torch.Tensor, torch.Tensor | None]] = []
         self._pending_bytes = 0
+        self._pending_record_bytes = 0
         self._open(resume)
 
     def _open(self, resume: bool) -> None:
@@ -133,8 +140,12 @@ class DatasetWriter:
         if tuple(hidden.shape) != expected:
             raise SpecError(f"{location}: hidden states have shape {list(hidden.shape)}, expected {list(expected)}")
         stored, scales = encode_hidden(hidden.detach().cpu(), self.dtype_name)
+        size = record_bytes(record)
+        if self._pending_record_bytes + size > MAX_RECORD_SHARD_BYTES:
+            self.flush()  # never write a record shard that readers refuse (only tiny hidden sizes get here)
         self._pending.append((record, stored, scales))
         self._pending_bytes += stored.nbytes + (0 if scales is None else scales.nbytes)
+        self._pending_record_bytes += size
         if self._pending_bytes >= self.shard_bytes:
             self.flush()
 
@@ -166,7 +177,7 @@ class DatasetWriter:
                 "num_supervised_tokens": sum(sum(r["loss_mask"]) for r in records),
             }
         )
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._pending_bytes, self._pending_record_bytes = [], 0, 0
         self._write_manifest(complete=False)
 
     def close(self) -> dict:
@@ -209,8 +220,8 @@ class Dataset:
     def _check_files_present(self) -> None:
         for shard in self.manifest["shards"]:
             for key in ("records", "tensors"):
-                if not (self.directory / shard[key]).is_file():
-                    raise SpecError(f"{self.directory / shard[key]}: shard {shard['index']} {key} file is missing")
+                what = f"shard {shard['index']} {key} file"
+                regular_file_size(self.directory / shard[key], what, missing=f"{what} is missing", inside=self.directory)
 
     @property
     def num_records(self) -> int:
@@ -233,7 +244,7 @@ class Dataset:
         shard = self.manifest["shards"][index]
         path = self.directory / shard["records"]
         expected = FileDigest(shard["records_bytes"], shard["records_sha256"]) if self.verify_checksums else None
-        records = read_record_shard(path, expected)
+        records = read_record_shard(path, expected, inside=self.directory)
         if len(records) != shard["num_records"]:
             raise SpecError(f"{path}: holds {len(records)} records, the manifest says {shard['num_records']}")
         vocab = self.verifier.vocab_size
@@ -246,11 +257,13 @@ class Dataset:
         if index not in self._tensor_shards:
             shard = self.manifest["shards"][index]
             path = self.directory / shard["tensors"]
-            if not path.is_file():
-                raise SpecError(f"{path}: tensor shard is missing")
+            size = regular_file_size(path, "tensor shard", inside=self.directory)
             if self.verify_checksums:
-                check_digest(path, digest_file(path), FileDigest(shard["tensors_bytes"], shard["tensors_sha256"]))
-            tensors = TensorShard(path)
+                expected = FileDigest(shard["tensors_bytes"], shard["tensors_sha256"])
+                if size != expected.num_bytes:
+                    check_digest(path, FileDigest(size, ""), expected)  # a wrong size needs no hashing to refuse
+                check_digest(path, digest_file(path), expected)
+            tensors = TensorShard(path, inside=self.directory)
             self._check_tensor_shard(shard, tensors)
             self._tensor_shards[index] = tensors
         return self._tensor_shards[index]

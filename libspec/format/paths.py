@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from libspec.errors import SpecError
-from libspec.format.json_files import read_json_object
+from libspec.format.json_files import read_shard_index
 
 
 def inside(folder: str | Path, name: object, what: str) -> Path:
@@ -42,9 +42,7 @@ def read_weight_map(folder: str | Path, index_name: str) -> dict[str, Path]:
     """Tensor name -> the shard holding it, from the shard index `folder/index_name` (model.safetensors.index.json);
     the index and every shard it names are checked with `inside`."""
     index = inside(folder, index_name, str(folder))
-    weight_map = read_json_object(index, expected="a shard index (a JSON object with weight_map)").get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise SpecError(f"{index}: not a shard index (expected a JSON object with weight_map)")
+    weight_map = read_shard_index(index)
     checked: dict[str, Path] = {}  # many tensors share one shard: check each file name once
     shards = {}
     for tensor, name in weight_map.items():

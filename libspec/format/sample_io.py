@@ -8,6 +8,7 @@ from typing import BinaryIO, Iterator, Protocol
 
 import torch
 
+from libspec.format.bounded_io import open_regular
 from libspec.format.dataset import MANIFEST, Dataset, DatasetWriter
 from libspec.errors import SpecError
 from libspec.format.sample import Sample
@@ -33,9 +34,8 @@ def open_data(source: str | Path, stdin: BinaryIO | None = None) -> SampleSource
     path = Path(source)
     if path.is_dir():
         return Dataset(path)
-    if not path.exists():
-        raise SpecError(f"{path}: no such file or directory")
-    with open(path, "rb") as probe:
+    # A named pipe is refused rather than read: a stream file is read once per epoch, a pipe only once.
+    with open_regular(path, "stream file", missing="no such file or directory; give a data set directory, a stream file or - (stdin)") as probe:
         if probe.read(len(MAGIC)) != MAGIC:
             raise SpecError(f"{path}: neither a data set directory (with {MANIFEST}) nor a spec-tools stream")
     return _FileStream(path)
@@ -46,11 +46,11 @@ class _FileStream:
 
     def __init__(self, path: Path):
         self.path = path
-        with open(path, "rb") as handle:
+        with open_regular(path, "stream file") as handle:
             self.header = StreamReader(handle, str(path)).header
 
     def __iter__(self) -> Iterator[Sample]:
-        with open(self.path, "rb") as handle:
+        with open_regular(self.path, "stream file") as handle:
             yield from StreamReader(handle, str(self.path))
 
 

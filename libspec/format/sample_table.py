@@ -1,7 +1,8 @@
 """Random access to the samples of a data source, for training epochs in any order.
 
 A data set directory is memory-mapped: only the records (token ids and masks) are read up front,
-hidden states are decoded when a batch needs them. A stream (`-` or a stream file) can be read only
+hidden states are decoded when a batch needs them. Every tensor shard is opened (checksum, header,
+rows per record) up front too, so damage stops a run before its first step, never in mid-epoch. A stream (`-` or a stream file) can be read only
 once, so its samples are kept in memory (in their storage dtype) and fingerprinted as they arrive.
 """
 
@@ -18,7 +19,8 @@ import torch
 from libspec.format.sample_io import open_data
 from libspec.format.dataset import Dataset
 from libspec.format.sample import Sample
-from libspec.format.tensors import decode_hidden
+from libspec.errors import SpecError, where
+from libspec.format.tensors import TensorShard, decode_hidden
 
 
 @dataclass
@@ -54,7 +56,9 @@ def open_sample_table(source: str | Path, stdin: BinaryIO | None = None) -> Samp
     if isinstance(opened, Dataset):
         records, fetch = [], []
         for shard in range(opened.num_shards):
-            for row, record in enumerate(opened.shard_records(shard)):
+            shard_records = opened.shard_records(shard)
+            _check_rows(opened.shard_tensors(shard), shard_records)
+            for row, record in enumerate(shard_records):
                 records.append(record)
                 fetch.append((shard, row))
         return SampleTable(opened.header, records, opened.fingerprint, "dataset", fetch, opened)
@@ -68,3 +72,11 @@ def open_sample_table(source: str | Path, stdin: BinaryIO | None = None) -> Samp
         records.append(sample.record)
         samples.append(sample)
     return SampleTable(opened.header, records, digest.hexdigest(), "stream", samples)
+
+
+def _check_rows(tensors: TensorShard, records: list[dict]) -> None:
+    """Each record owns exactly len(input_ids) rows of its tensor shard (SPEC.md §9, "Reading")."""
+    rows = (tensors.offsets[1:] - tensors.offsets[:-1]).tolist()
+    for index, (count, record) in enumerate(zip(rows, records)):
+        if count != len(record["input_ids"]):
+            raise SpecError(f"{where(tensors.path, index)}: {count} rows of hidden states for {len(record['input_ids'])} tokens")

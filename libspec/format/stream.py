@@ -16,6 +16,8 @@ import torch
 import zstandard
 
 from libspec.errors import SpecError
+from libspec.format.bounded_io import decompress_frame, size_text, zstd_bound
+from libspec.format.json_files import json_value_problem
 from libspec.format.records import check_record
 from libspec.format.sample import Sample, header_of, header_problems
 from libspec.format.schemas import check_schema
@@ -25,6 +27,10 @@ MAGIC = b"SPECSTRM"
 # Hidden states barely compress and streams are hot paths: level 1 costs little CPU.
 STREAM_ZSTD_LEVEL = 1
 _LENGTH = struct.Struct("<I")
+# The decompressed size of one frame (SPEC.md §10): one sample's hidden states and record. Streams
+# are read into memory whole by spec-train; samples larger than this belong in a data set directory.
+MAX_STREAM_FRAME_BYTES = 1 << 30
+STREAM_FRAME_LIMIT = "SPEC.md §10"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -53,7 +59,13 @@ class StreamWriter:
         self._write_frame({"type": "header", **header})
 
     def _write_frame(self, frame: dict) -> None:
-        payload = self._compressor.compress(self._packer.pack(frame))
+        packed = self._packer.pack(frame)
+        if len(packed) > MAX_STREAM_FRAME_BYTES:
+            raise SpecError(
+                f"stream frame {frame['type']} takes {len(packed)} bytes, past the {size_text(MAX_STREAM_FRAME_BYTES)} limit "
+                f"({STREAM_FRAME_LIMIT}); write a data set directory instead"
+            )
+        payload = self._compressor.compress(packed)
         self.output.write(_LENGTH.pack(len(payload)))
         self.output.write(payload)
 
@@ -91,13 +103,15 @@ class StreamReader:
         self.source = source
         self.name = name
         self.frame_index = 0
-        self._decompressor = zstandard.ZstdDecompressor()
         magic = source.read(len(MAGIC))
         if magic != MAGIC:
             raise SpecError(f"{name}: not a spec-tools stream (expected magic {MAGIC!r}, found {magic[:8]!r})")
         header = self._read_frame()
         if header is None or header.get("type") != "header":
             raise SpecError(f"{name}: frame 0 must be the header frame")
+        problem = json_value_problem(header)
+        if problem is not None:
+            raise SpecError(f"{name}: header frame: {problem}")
         check_schema("stream-frame", header, f"{name}: header frame")
         problems = header_problems(header)
         if problems:
@@ -126,13 +140,15 @@ class StreamReader:
         if len(prefix) < _LENGTH.size:
             prefix += self._read_exact(_LENGTH.size - len(prefix), "frame length")
         (length,) = _LENGTH.unpack(prefix)
+        location = f"{self.name}: frame {self.frame_index}"
+        if length > zstd_bound(MAX_STREAM_FRAME_BYTES):
+            raise SpecError(f"{location}: length {length} is more than a frame within the {size_text(MAX_STREAM_FRAME_BYTES)} limit can take ({STREAM_FRAME_LIMIT})")
         payload = self._read_exact(length, "frame")
+        content = decompress_frame(payload, MAX_STREAM_FRAME_BYTES, location, "frame", STREAM_FRAME_LIMIT)
         try:
-            frame = msgpack.unpackb(self._decompressor.decompress(payload), raw=False)
-        except zstandard.ZstdError as error:
-            raise SpecError(f"{self.name}: frame {self.frame_index}: corrupted (zstd: {error})") from None
-        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as error:
-            raise SpecError(f"{self.name}: frame {self.frame_index}: not valid msgpack: {error}") from None
+            frame = msgpack.unpackb(content, raw=False)  # unpackb caps declared lengths by len(content)
+        except (msgpack.UnpackException, ValueError) as error:
+            raise SpecError(f"{location}: not valid msgpack: {error}") from None
         if not isinstance(frame, dict):
             raise SpecError(f"{self.name}: frame {self.frame_index}: expected a map")
         self.frame_index += 1
@@ -153,6 +169,9 @@ class StreamReader:
             yield sample
 
     def _check_end(self, frame: dict, num_records: int, num_tokens: int) -> None:
+        problem = json_value_problem(frame)
+        if problem is not None:
+            raise SpecError(f"{self.name}: end frame: {problem}")
         check_schema("stream-frame", frame, f"{self.name}: end frame")
         if (frame["num_records"], frame["num_tokens"]) != (num_records, num_tokens):
             raise SpecError(

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from libspec.format.atomic import write_bytes_atomic
+from libspec.format.bounded_io import open_regular
 from libspec.format.digest import FileDigest, digest_bytes
 from libspec.errors import SpecError
 from libspec.format.schemas import check_schema
@@ -38,6 +41,11 @@ _SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 _FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+# The rank each known tensor must have, and how errors describe it.
+_RANKS = {HIDDEN: (3, "[tokens, layers, hidden]"), OFFSETS: (1, "[num_records + 1]"), SCALES: (2, "[tokens, layers]")}
+# The safetensors library's own limit on the header (its MAX_HEADER_SIZE); ours are a few hundred bytes.
+MAX_TENSOR_HEADER_BYTES = 100_000_000
+TENSOR_SHARD_LIMIT = "SPEC.md §8"
 
 
 def storage_dtype(name: str) -> torch.dtype:
@@ -114,18 +122,25 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 
 class TensorShard:
-    """A memory-mapped tensor shard. Tensors are views on the file's pages (copy-on-write)."""
+    """A memory-mapped tensor shard. Tensors are views on the file's pages (copy-on-write).
 
-    def __init__(self, path: str | Path):
+    The whole safetensors header is checked when the shard is opened, so damage surfaces here, as a
+    SpecError naming the file, and never later as a KeyError in the middle of an epoch.
+    """
+
+    def __init__(self, path: str | Path, inside: str | Path | None = None):
         self.path = Path(path)
-        header, data_start, self._map = _map_safetensors(self.path)
+        header, data_start, self._map = _map_safetensors(self.path, inside)
         self.metadata = header.pop("__metadata__", None) or {}
         check_schema("tensor-shard-metadata", self.metadata, f"{self.path}: safetensors metadata")
-        self.layer_ids = json.loads(self.metadata["layer_ids"])
-        self.tensors = {name: _view(self._map, data_start, info, self.path, name) for name, info in header.items()}
+        try:
+            self.layer_ids = json.loads(self.metadata["layer_ids"])
+        except ValueError as error:  # e.g. a number with more digits than Python converts
+            raise SpecError(f"{self.path}: safetensors metadata: layer_ids is not a JSON list of integers: {error}") from None
         for name in (HIDDEN, OFFSETS):
-            if name not in self.tensors:
+            if name not in header:
                 raise SpecError(f"{self.path}: tensor {name!r} is missing")
+        self.tensors = {name: _view(self._map, data_start, header[name]) for name in (HIDDEN, OFFSETS, SCALES) if name in header}
         self.hidden = self.tensors[HIDDEN]
         self.offsets = self.tensors[OFFSETS]
         self.scales = self.tensors.get(SCALES)
@@ -133,18 +148,16 @@ class TensorShard:
 
     def _check_layout(self) -> None:
         hidden, offsets = self.hidden, self.offsets
-        if hidden.dim() != 3:
-            raise SpecError(f"{self.path}: {HIDDEN} must be [tokens, layers, hidden], found shape {list(hidden.shape)}")
         if hidden.dtype not in STORAGE_DTYPES.values():
             raise SpecError(f"{self.path}: {HIDDEN} has dtype {hidden.dtype}, expected one of {', '.join(STORAGE_DTYPES)}")
         if hidden.shape[1] != len(self.layer_ids):
             raise SpecError(f"{self.path}: {HIDDEN} has {hidden.shape[1]} layers, metadata lists {len(self.layer_ids)} layer ids")
-        if offsets.dim() != 1 or offsets.dtype != torch.int64 or len(offsets) != int(self.metadata["num_records"]) + 1:
+        if offsets.dtype != torch.int64 or str(len(offsets) - 1) != self.metadata["num_records"]:
             raise SpecError(f"{self.path}: {OFFSETS} must be int64 [num_records + 1]")
         if offsets[0] != 0 or offsets[-1] != hidden.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
             raise SpecError(f"{self.path}: {OFFSETS} must rise from 0 to {hidden.shape[0]} (the token count)")
         fp8 = hidden.dtype == torch.float8_e4m3fn
-        if fp8 and (self.scales is None or tuple(self.scales.shape) != tuple(hidden.shape[:2])):
+        if fp8 and (self.scales is None or self.scales.dtype != torch.float32 or tuple(self.scales.shape) != tuple(hidden.shape[:2])):
             raise SpecError(f"{self.path}: fp8 storage needs {SCALES} float32 [tokens, layers]")
         if not fp8 and self.scales is not None:
             raise SpecError(f"{self.path}: {SCALES} is only allowed with float8_e4m3fn storage")
@@ -160,47 +173,102 @@ class TensorShard:
         return self.hidden[start:end], scales
 
 
-def _map_safetensors(path: Path) -> tuple[dict, int, mmap.mmap]:
-    """Parse a safetensors header and map the file copy-on-write (torch wants writable buffers)."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: tensor shard is missing") from None
-    with handle:
-        size = path.stat().st_size
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of a safetensors header, checked: dtype, shape and byte range within the data buffer."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _map_safetensors(path: Path, inside: str | Path | None = None) -> tuple[dict, int, mmap.mmap | None]:
+    """Parse and check a safetensors header and map the file copy-on-write (torch wants writable buffers).
+
+    Returns the header with each tensor entry as an _Entry, the data buffer's start, and the mapping.
+    """
+    with open_regular(path, "tensor shard", inside=inside) as handle:
+        size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise SpecError(f"{path}: too short to be a safetensors file ({size} bytes)")
         (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_TENSOR_HEADER_BYTES:
+            raise SpecError(f"{path}: safetensors header says {header_len} bytes, past the {MAX_TENSOR_HEADER_BYTES} byte limit ({TENSOR_SHARD_LIMIT})")
         if 8 + header_len > size:
             raise SpecError(f"{path}: safetensors header says {header_len} bytes but the file has {size} (truncated?)")
         try:
-            header = json.loads(handle.read(header_len))
+            header = json.loads(handle.read(header_len).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SpecError(f"{path}: safetensors header is not valid JSON: {error}") from None
+            raise SpecError(f"{path}: safetensors header is not valid UTF-8 JSON: {error}") from None
+        except RecursionError:
+            raise SpecError(f"{path}: safetensors header is not valid JSON: nested too deeply") from None
         if not isinstance(header, dict):
             raise SpecError(f"{path}: safetensors header is not a JSON object")
+        data_start = 8 + header_len
+        header = _checked_header(header, path, size - data_start)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
-    data_start = 8 + header_len
-    for name, info in header.items():
-        if name != "__metadata__" and info["data_offsets"][1] + data_start > size:
-            raise SpecError(f"{path}: tensor {name!r} runs past the end of the file (truncated?)")
     return header, data_start, mapped
 
 
-def _view(mapped: mmap.mmap, data_start: int, info: dict, path: Path, name: str) -> torch.Tensor:
-    """A tensor over the mapped bytes of one safetensors entry, without copying."""
-    dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-    if dtype is None:
-        raise SpecError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-    begin, end = info["data_offsets"]
-    shape = info["shape"]
-    count = 1
-    for dim in shape:
-        count *= dim
-    if (end - begin) != count * dtype.itemsize:
-        raise SpecError(f"{path}: tensor {name!r} has {end - begin} bytes, shape {shape} needs {count * dtype.itemsize}")
+def _checked_header(header: dict, path: Path, data_bytes: int) -> dict:
+    """Every entry well formed, and the entries tile the data buffer: no overlap, no gap, nothing past its end."""
+    checked: dict = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise SpecError(f"{path}: safetensors __metadata__ must map names to strings")
+            checked[name] = info
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise SpecError(f"{where}: expected an entry with dtype, shape and data_offsets")
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise SpecError(f"{where}: unsupported dtype {_short(info['dtype'])}; expected one of {', '.join(_SAFETENSORS_DTYPES)}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise SpecError(f"{where}: shape must be a list of non-negative integers, found {_short(shape)}")
+        if name in _RANKS and len(shape) != _RANKS[name][0]:
+            raise SpecError(f"{path}: {name} must be {_RANKS[name][1]}, found shape {_short(shape)}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise SpecError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, found {_short(offsets)}")
+        begin, end = offsets
+        if end > data_bytes:
+            raise SpecError(f"{where} runs past the end of the file (truncated?)")
+        count = 0 if 0 in shape else 1
+        for dim in shape:
+            count *= dim
+            if count * dtype.itemsize > data_bytes:
+                break  # already more than the file holds; no need to multiply a huge shape out
+        if end - begin != count * dtype.itemsize:
+            raise SpecError(f"{where}: has {end - begin} bytes, shape {_short(shape)} {dtype} needs {count * dtype.itemsize}")
+        checked[name] = _Entry(dtype, tuple(shape), begin, end)
+    position = 0
+    for name, entry in sorted(((n, e) for n, e in checked.items() if n != "__metadata__"), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            problem = "overlaps the tensor before it" if entry.begin < position else "leaves a gap after the tensor before it"
+            raise SpecError(f"{path}: tensor {name!r} {problem} (data_offsets begin at {entry.begin}, expected {position})")
+        position = entry.end
+    if position != data_bytes:
+        raise SpecError(f"{path}: {data_bytes - position} bytes after the last tensor (the tensors must fill the data buffer)")
+    return checked
+
+
+def _short(value) -> str:
+    """A header value as errors quote it: JSON, at most 80 characters."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:  # nested almost as deep as the parser allowed
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _view(mapped: mmap.mmap | None, data_start: int, entry: _Entry) -> torch.Tensor:
+    """A tensor over the mapped bytes of one checked safetensors entry, without copying."""
+    count = (entry.end - entry.begin) // entry.dtype.itemsize
     if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin)
-    return flat.view(shape)
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    flat = torch.frombuffer(mapped, dtype=entry.dtype, count=count, offset=data_start + entry.begin)
+    return flat.view(entry.shape)

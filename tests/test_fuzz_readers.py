@@ -1,0 +1,289 @@
+"""Property-based fuzzing of the readers (issue 16): byte-level mutations of valid examples.
+
+Whatever the bytes, a reader either returns a valid result or raises SpecError — no other exception,
+no hang (a per-example deadline), no memory out of proportion to the input (a per-example peak).
+The mutations are applied to the file as stored and, for zstd-compressed formats, also to the content
+inside the frame (recompressed with a valid checksum), so the msgpack and JSON parsers meet them too.
+
+Derandomized, so CI tries the same examples each run: SPEC_FUZZ_EXAMPLES (default 200) per reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import tracemalloc
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from libspec.capture.inputs import normalise, read_items
+from libspec.errors import SpecError
+from libspec.format.dataset import MANIFEST, Dataset
+from libspec.format.records import check_record, decode_records
+from libspec.format.stream import MAGIC, StreamReader
+from libspec.format.tensors import TensorShard
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
+FUZZ_EXAMPLES = int(os.environ.get("SPEC_FUZZ_EXAMPLES", "200"))
+HANG_S = 30  # an example still running after this is a hang
+PEAK_BYTES = 64 << 20  # the inputs are a few KB; the limits let no reader go past this from them
+TRIED: Counter = Counter()  # examples run per reader, for the report at the end
+
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff", b"\x00\x00\x00\x80", b"\xff\xff\xff\xff\xff\xff\xff\x7f", b"\xdd", b"\xdf", b"\xc6", b"\xc1"]
+
+
+@st.composite
+def mutated(draw, original: bytes) -> bytes:
+    """`original` after 1-4 byte-level edits: flips, overwrites, inserts, deletes, truncation, repeats."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 4))):
+        edit = draw(st.sampled_from(["flip", "set", "interesting", "insert", "delete", "truncate", "repeat"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if edit == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "set" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif edit == "interesting":
+            value = draw(st.sampled_from(INTERESTING))
+            data[at : at + len(value)] = value
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif edit == "delete":
+            del data[at : at + draw(st.integers(1, 16))]
+        elif edit == "truncate":
+            del data[at:]
+        elif edit == "repeat":
+            data[at:at] = data[at : at + draw(st.integers(1, 64))]
+    return bytes(data)
+
+
+def zstd(content: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True).compress(content)
+
+
+def unzstd(frame: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(frame)
+
+
+@st.composite
+def stored_or_inner(draw, original: bytes, inner) -> bytes:
+    """Mutate the bytes as stored, or (`inner(original, edit)`) the content inside the zstd frames."""
+    if draw(st.booleans()):
+        return draw(mutated(original))
+    return inner(original, lambda content: draw(mutated(content)))
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = HANG_S):
+    def expired(signum, frame):
+        raise TimeoutError(f"reader still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def outcome(reader: str, read) -> str:
+    """Run `read()`: 'ok' or 'SpecError'; any other exception, a hang or a memory peak fails the example."""
+    TRIED[reader] += 1
+    tracemalloc.start()  # only around the reader: tracing Hypothesis itself would slow it fivefold
+    try:
+        with no_hang():
+            read()
+        result = "ok"
+    except SpecError as error:
+        assert "\n" not in str(error), f"a SpecError is one line: {error!r}"
+        result = "SpecError"
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES, f"{reader}: {peak >> 20} MiB at peak for a few KB of input"
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    with tempfile.TemporaryDirectory() as directory:
+        yield Path(directory)
+
+
+def teardown_module():
+    print("\nfuzz examples tried per reader: " + ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items())))
+
+
+# ---- the manifest ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset_copy(workdir) -> Path:
+    shutil.copytree(EXAMPLES / "dataset", workdir / "data")
+    return workdir / "data"
+
+
+MANIFEST_BYTES = (EXAMPLES / "dataset" / MANIFEST).read_bytes()
+
+
+@FUZZ
+@given(data=mutated(MANIFEST_BYTES))
+def test_manifest_reader(dataset_copy, data):
+    (dataset_copy / MANIFEST).write_bytes(data)
+
+    def read():
+        for sample in Dataset(dataset_copy, allow_incomplete=True):
+            sample.hidden_states()
+
+    outcome("manifest", read)
+
+
+# ---- record shards ---------------------------------------------------------------------------
+
+
+RECORD_SHARD = (EXAMPLES / "dataset" / "records-00000.msgpack.zst").read_bytes()
+
+
+@FUZZ
+@given(data=stored_or_inner(RECORD_SHARD, lambda frame, edit: zstd(edit(unzstd(frame)))))
+def test_record_shard_reader(data):
+    def read():
+        for index, record in enumerate(decode_records(data, "records-00000.msgpack.zst")):
+            check_record(record, f"record {index}", vocab_size=64)
+
+    outcome("record shard", read)
+
+
+# ---- tensor shards ---------------------------------------------------------------------------
+
+
+TENSOR_SHARD = (EXAMPLES / "dataset" / "hidden-00000.safetensors").read_bytes()
+
+
+def edit_header(shard: bytes, edit) -> bytes:
+    """Mutate only the header JSON, keeping the length prefix true to it."""
+    (length,) = struct.unpack("<Q", shard[:8])
+    header = edit(shard[8 : 8 + length])
+    return struct.pack("<Q", len(header)) + header + shard[8 + length :]
+
+
+@FUZZ
+@given(data=stored_or_inner(TENSOR_SHARD, edit_header))
+def test_tensor_shard_header_reader(workdir, data):
+    path = workdir / "hidden-00000.safetensors"
+    path.write_bytes(data)
+
+    def read():
+        shard = TensorShard(path)
+        for index in range(shard.num_records):
+            hidden, scales = shard.record_rows(index)
+            hidden.float().sum()
+
+    outcome("tensor shard", read)
+
+
+# ---- streams ---------------------------------------------------------------------------------
+
+
+def stream_frames(stream: bytes) -> list[bytes]:
+    frames, position = [], len(MAGIC)
+    while position < len(stream):
+        (length,) = struct.unpack("<I", stream[position : position + 4])
+        frames.append(stream[position + 4 : position + 4 + length])
+        position += 4 + length
+    return frames
+
+
+def edit_one_frame(stream: bytes, edit, which: int) -> bytes:
+    frames = stream_frames(stream)
+    which %= len(frames)
+    frames[which] = zstd(edit(unzstd(frames[which])))
+    return MAGIC + b"".join(struct.pack("<I", len(f)) + f for f in frames)
+
+
+STREAMS = [(EXAMPLES / name).read_bytes() for name in ("stream.spst", "stream-fp8.spst")]
+
+
+@st.composite
+def mutated_streams(draw) -> bytes:
+    stream = draw(st.sampled_from(STREAMS))
+    which = draw(st.integers(0, 7))
+    return draw(stored_or_inner(stream, lambda original, edit: edit_one_frame(original, edit, which)))
+
+
+@FUZZ
+@given(data=mutated_streams())
+def test_stream_frame_reader(data):
+    def read():
+        for sample in StreamReader(io.BytesIO(data), "fuzz.spst"):
+            sample.hidden_states()
+
+    outcome("stream", read)
+
+
+# ---- JSONL (and JSON array) training inputs --------------------------------------------------
+
+
+INPUT_ITEMS = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+                  {"role": "assistant", "content": "4", "reasoning_content": "add",
+                   "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{\"x\": 2}"}}]},
+                  {"role": "tool", "content": "4", "tool_call_id": "c1"}],
+     "tools": [{"type": "function", "function": {"name": "calc"}}]},
+    {"system": "S", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+    {"text": "plain text, every token supervised"},
+    {"prompt": "import os", "completion": "\nprint(os.getcwd())"},
+    {"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1]},
+]  # fmt: skip
+JSONL = "".join(json.dumps(item) + "\n" for item in INPUT_ITEMS).encode()
+INPUT_FILES = {
+    "in.jsonl": JSONL,
+    "in.json": json.dumps(INPUT_ITEMS, indent=1).encode(),
+    "in.jsonl.gz": gzip.compress(JSONL, mtime=0),
+    "in.jsonl.zst": zstd(JSONL),
+}
+
+
+@st.composite
+def mutated_inputs(draw) -> tuple[str, bytes]:
+    name = draw(st.sampled_from(sorted(INPUT_FILES)))
+    return name, draw(mutated(INPUT_FILES[name]))
+
+
+@FUZZ
+@given(named=mutated_inputs())
+def test_jsonl_input_parser(workdir, named):
+    name, data = named
+    path = workdir / name
+    path.write_bytes(data)
+
+    def read():
+        for item in read_items([str(path)]):
+            with contextlib.suppress(SpecError):  # a bad item is the expected SpecError; the file goes on
+                normalise(item)
+                normalise(item, prompt_only=True)
+
+    outcome("jsonl input", read)
