@@ -4,23 +4,30 @@ For each prompt set the verifier decodes alone (baseline) and with the draft for
 prompt in the same run, interleaved so slow drift of a shared machine hits all settings alike.
 A run keeps the accepted-length histogram and the seconds per phase; `derive` computes τ,
 per-position acceptance, costs, measured and predicted speedup, and the sanity flags.
+
+The in-run costs cannot test the engine: a prediction from them differs from the measured speedup
+only through E(α) vs τ. So each set also times the costs in isolation (`measure_isolated_costs`:
+verifier forwards of 1..n tokens and one draft step, each alone at the run's typical context
+length) and predicts from those; measured / predicted is the engine's efficiency.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 import libspec
-from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, Timer, autoregressive_generate, speculative_generate
 from libspec.bench.prompts import PromptSet, encode_prompt
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
 MIN_ROUNDS_FOR_STABLE_FIGURES = 50
+MIN_ISOLATED_FORWARD_TOKENS = 8  # v for k+1 = 2..8 is always measured, whatever k the run covers
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class BenchSettings:
     max_new_tokens: int = 128
     temperature: float = 0.0
     seed: int = 0
+    cost_repeats: int = 10  # timings per isolated cost (their median is used); 0 = no isolated costs
 
 
 @dataclass
@@ -81,12 +89,13 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def derive(k: int, run: dict, baseline: dict, greedy: bool) -> dict:
+def derive(k: int, run: dict, baseline: dict, greedy: bool, isolated_costs: dict | None = None) -> dict:
     """τ, acceptance, costs, speedups and sanity flags of a run, from its raw counts only.
 
     Costs are relative to one plain decoding step t1 of the baseline: c = draft time per drafted
     token / t1, v = verify time per round / t1, o = the rest of a round / t1. The prediction is
-    S = E(α) / (k·c + v + o) with α the pooled conditional acceptance rate.
+    S = E(α) / (k·c + v + o) with α the pooled conditional acceptance rate. With the set's
+    `isolated_costs` (older reports have none) the row also gets `isolated`: the prediction from them.
     """
     histogram = run["histogram"] or [0] * (k + 1)
     rounds = sum(histogram)
@@ -115,8 +124,34 @@ def derive(k: int, run: dict, baseline: dict, greedy: bool) -> dict:
         "baseline_tokens_per_s": _ratio(1.0, t1 or 0.0),
         "lossless": (not run["mismatched_prompts"]) if greedy else None,
     }
+    if isolated_costs is not None:
+        derived["isolated"] = isolated_prediction(k, alpha, derived["speedup"], isolated_cost_figures(isolated_costs))
     derived["flags"] = sanity_flags(k, derived, run, greedy)
     return derived
+
+
+def isolated_cost_figures(isolated_costs: dict) -> dict:
+    """Medians of the isolated timings: the 1-token step in seconds, and c and v (forward size -> v) relative to it."""
+    medians = {int(n): statistics.median(samples) for n, samples in isolated_costs["forward_s"].items() if samples}
+    step_1_s = medians.get(1)
+    draft_step_s = isolated_costs["draft_step_s"]
+    return {
+        "step_1_s": step_1_s,
+        "draft_cost_c": _ratio(statistics.median(draft_step_s), step_1_s) if draft_step_s else None,
+        "verify_cost_v": {str(n): _ratio(seconds, step_1_s) for n, seconds in sorted(medians.items()) if n > 1},
+    }
+
+
+def isolated_prediction(k: int, alpha: float | None, speedup: float | None, figures: dict) -> dict:
+    """S = E(α) / (k·c + v) from the isolated costs (v of a (k+1)-token forward), and measured / predicted."""
+    c, v = figures["draft_cost_c"], figures["verify_cost_v"].get(str(k + 1))
+    predicted = None if None in (alpha, c, v) else expected_tokens_per_step(alpha, k) / (k * c + v)
+    return {
+        "draft_cost_c": c,
+        "verify_cost_v": v,
+        "predicted_speedup": predicted,
+        "efficiency": None if speedup is None else _ratio(speedup, predicted),
+    }
 
 
 def sanity_flags(k: int, derived: dict, run: dict, greedy: bool) -> list[str]:
@@ -154,7 +189,7 @@ def bench_prompt_set(
     eos_ids: set[int],
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Baseline and every k on one prompt set; returns the report entry for the set.
+    """Baseline and every k on one prompt set, then the isolated costs; returns the report entry for the set.
 
     Prompts with a `category` are also counted in their category's totals (the entry's `categories`).
     """
@@ -163,11 +198,8 @@ def bench_prompt_set(
     k_values = settings.k_values if proposer else ()
     totals = _SetTotals(k_values)
     by_category: dict[str, _SetTotals] = {}
-    # One untimed generation first: the first calls pay for allocations and lazy initialisation.
-    warmup = encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device)
-    autoregressive_generate(verifier, warmup, 8, eos_ids)
-    if proposer:
-        speculative_generate(verifier, proposer, warmup, max(settings.k_values), 8, eos_ids)
+    answered: list[tuple[torch.Tensor, list[int]]] = []  # (prompt, the verifier's own answer): the isolated costs' context
+    _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
     for index, item in enumerate(prompt_set.items):
         progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
         if "follow_up" in item:  # measure the second turn, after the verifier's own first answer
@@ -177,6 +209,7 @@ def bench_prompt_set(
         if "category" in item:
             counted_in.append(by_category.setdefault(item["category"], _SetTotals(k_values)))
         reference = autoregressive_generate(verifier, prompt, settings.max_new_tokens, eos_ids, settings.temperature, generator)
+        answered.append((prompt, reference.tokens))
         for set_totals in counted_in:
             set_totals.baseline.add(reference, None)
         for k in k_values:
@@ -185,13 +218,97 @@ def bench_prompt_set(
                 set_totals.runs[k].add(result, k)
                 if greedy and result.tokens != reference.tokens:
                     set_totals.runs[k].mismatched_prompts.append(index)
-    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy)}
+    progress(f"{prompt_set.name}: isolated costs")
+    costs = _set_isolated_costs(verifier, proposer, typical_context(answered), settings)
+    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy, costs)}
+    if costs is not None:
+        entry["isolated_costs"] = {**costs, "derived": isolated_cost_figures(costs)}
     if by_category:
-        entry["categories"] = [{"name": name, **category.report(greedy)} for name, category in by_category.items()]
+        entry["categories"] = [{"name": name, **category.report(greedy, costs)} for name, category in by_category.items()]
     return entry
 
 
-def with_first_answer(verifier: Verifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
+def _warm_up(verifier: DecodingVerifier, proposer: Proposer | None, prompt: torch.Tensor, settings: BenchSettings, eos_ids: set[int]) -> None:
+    """One untimed generation of each kind: the first calls pay for allocations and lazy initialisation."""
+    autoregressive_generate(verifier, prompt, 8, eos_ids)
+    if proposer:
+        speculative_generate(verifier, proposer, prompt, max(settings.k_values), 8, eos_ids)
+
+
+def typical_context(answered: list[tuple[torch.Tensor, list[int]]]) -> torch.Tensor:
+    """The prompt of median length followed by the first half of the verifier's answer to it:
+    the run's median prompt length plus half its generated length, in real tokens."""
+    prompt, answer = sorted(answered, key=lambda pair: len(pair[0]))[len(answered) // 2]
+    return torch.cat([prompt, torch.tensor(answer[: len(answer) // 2], dtype=prompt.dtype, device=prompt.device)])
+
+
+def _set_isolated_costs(verifier: DecodingVerifier, proposer: Proposer | None, context: torch.Tensor, settings: BenchSettings) -> dict | None:
+    """The isolated costs for a set's report entry, or None when switched off or the context is too short to split."""
+    if not settings.cost_repeats or len(context) < 3:
+        return None
+    largest = max(MIN_ISOLATED_FORWARD_TOKENS, max(settings.k_values) + 1)
+    generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)
+    return measure_isolated_costs(verifier, proposer, context, largest, settings.cost_repeats, settings.temperature, generator)
+
+
+@torch.no_grad()
+def measure_isolated_costs(
+    verifier: DecodingVerifier,
+    proposer: Proposer | None,
+    context: torch.Tensor,
+    largest_forward: int,
+    repeats: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Seconds of verifier forwards of 1..largest_forward tokens and of one draft step, each alone after `context`.
+
+    The engine's own calls (DecodingVerifier.forward, Proposer.commit + propose), with the caches
+    already holding the context and cropped back after each forward. Sizes are interleaved within
+    each repeat so a shared machine's drift hits all alike; an unrecorded first pass warms up.
+    """
+    verifier.reset()
+    _, aux = verifier.forward(context)
+    length = verifier.length
+    forward_s: dict[str, list[float]] = {str(n): [] for n in range(1, largest_forward + 1)}
+    draft_step_s: list[float] | None = [] if proposer else None
+    for repeat in range(repeats + 1):
+        for n in range(1, largest_forward + 1):
+            tokens = context[-1:].repeat(n)  # which token ids does not change the cost
+            seconds = _seconds(verifier.device, lambda: verifier.forward(tokens))
+            verifier.crop(length)
+            if repeat:
+                forward_s[str(n)].append(seconds)
+        if proposer:
+            seconds = _draft_step_seconds(proposer, context, aux, temperature, generator, verifier.device)
+            if repeat:
+                draft_step_s.append(seconds)
+    verifier.reset()
+    return {"context_tokens": length, "forward_s": forward_s, "draft_step_s": draft_step_s}
+
+
+def _draft_step_seconds(proposer: Proposer, context: torch.Tensor, aux: torch.Tensor | None, temperature: float, generator, device) -> float:
+    """One proposer step with a warm cache: the context but its last token is started (untimed); then the
+    last token is committed and one token drafted, as a round of the engine does with k = 1."""
+    proposer.start(context[:-1], None if aux is None else aux[:-2])
+    last_aux = None if aux is None else aux[-2:-1]  # the verifier state before the last token
+
+    def step() -> None:
+        proposer.commit(context[-1:], last_aux)
+        proposer.propose(1, temperature, generator)
+
+    return _seconds(device, step)
+
+
+def _seconds(device: torch.device, action: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call (the engine's Timer, so CUDA is synchronised the same way)."""
+    timer = Timer(device)
+    with timer.measure("call"):
+        action()
+    return timer.seconds["call"]
+
+
+def with_first_answer(verifier: DecodingVerifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
     """A two-turn item as its conversation up to the second question, the first answer being the verifier's own (greedy)."""
     prompt = encode_prompt(tokenizer, item).to(verifier.device)
     answer = tokenizer.decode(autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids).tokens, skip_special_tokens=True)
@@ -206,9 +323,12 @@ class _SetTotals:
         self.baseline = RunTotals()
         self.runs = {k: RunTotals() for k in k_values}
 
-    def report(self, greedy: bool) -> dict:
+    def report(self, greedy: bool, isolated_costs: dict | None) -> dict:
         baseline = self.baseline.to_dict()
-        rows = [{"k": k, **totals.to_dict(), "derived": derive(k, totals.to_dict(), baseline, greedy)} for k, totals in self.runs.items()]
+        rows = [
+            {"k": k, **totals.to_dict(), "derived": derive(k, totals.to_dict(), baseline, greedy, isolated_costs)}
+            for k, totals in self.runs.items()
+        ]
         return {"num_prompts": self.baseline.prompts, "baseline": baseline, "runs": rows, "best_k": best_k(rows)}
 
 
@@ -237,6 +357,7 @@ def report_header(settings: BenchSettings, device: torch.device, dtype: torch.dt
             "max_new_tokens": settings.max_new_tokens,
             "temperature": settings.temperature,
             "seed": settings.seed,
+            "cost_repeats": settings.cost_repeats,
         },
         "verifier": verifier_info,
         "speculator": speculator_info,
