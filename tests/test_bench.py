@@ -13,7 +13,9 @@ from conftest import TINY_LLAMA, random_checkpoint_tensors
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.decoding import DecodingVerifier
-from libspec.bench.measure import derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs, typical_context
+from libspec.bench.measure import (
+    answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
+)
 from libspec.bench.prompts import encode_prompt
 from libspec.format.schemas import schema_problems
 from tools.spec_bench import main, parse_k
@@ -74,7 +76,7 @@ def test_each_sanity_flag_fires_on_a_constructed_bad_case(case):
 
 # Isolated costs: a 1-token step of 10 ms, a draft step of 1 ms, a (k+1)-token forward of 10 + 5·k ms.
 ISOLATED = {
-    "context_tokens": 300,
+    "context_tokens": [300, 300, 300],
     "forward_s": {str(n): [0.010 + 0.005 * (n - 1) + noise for noise in (0.004, 0.0, -0.001)] for n in range(1, 9)},
     "draft_step_s": [0.003, 0.001, 0.0009],
 }
@@ -106,15 +108,22 @@ def test_isolated_costs_time_the_engine_calls_at_the_context_length():
     model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}))
     verifier = DecodingVerifier(model, [1, 2, 3])
     proposer = RecordingProposer()
-    context = typical_context([(torch.arange(4, 10), [11] * 8), (torch.arange(4, 7), [12] * 4), (torch.arange(4, 24), [13] * 2)])
-    assert context.tolist() == [4, 5, 6, 7, 8, 9, 11, 11, 11, 11]  # the median-length prompt + half its answer
+    context = answered_context(torch.arange(4, 10), [11] * 8)
+    assert context.tolist() == [4, 5, 6, 7, 8, 9, 11, 11, 11, 11]  # the prompt and half its answer
     costs = measure_isolated_costs(verifier, proposer, context, largest_forward=5, repeats=3)
-    assert costs["context_tokens"] == 10 and list(costs["forward_s"]) == ["1", "2", "3", "4", "5"]
+    assert costs["context_tokens"] == [10, 10, 10] and list(costs["forward_s"]) == ["1", "2", "3", "4", "5"]
     assert all(len(samples) == 3 and min(samples) > 0 for samples in [*costs["forward_s"].values(), costs["draft_step_s"]])
     # Each draft step: the proposer started on all but the last token (its aux one shorter), then that token committed.
     assert proposer.calls[-3:] == [("start", 9, 8), ("commit", 1, 1), ("propose", 1)]
     assert verifier.length == 0  # the verifier's cache is left empty, as the engine expects
     assert measure_isolated_costs(verifier, None, context, 2, 1)["draft_step_s"] is None
+
+
+def test_isolated_passes_are_spread_evenly_between_the_prompts():
+    assert [cost_passes_after(i, 4, 12) for i in range(4)] == [3, 3, 3, 3]
+    assert [cost_passes_after(i, 80, 12) for i in range(80)].count(1) == 12  # one pass after every 6th or 7th prompt
+    assert [cost_passes_after(i, 3, 4) for i in range(3)] == [1, 1, 2]
+    assert sum(cost_passes_after(i, 7, 0) for i in range(7)) == 0
 
 
 class RecordingProposer:
@@ -177,6 +186,11 @@ def test_spec_bench_end_to_end(tiny_setup, capsys):
     prompt_set = report["prompt_sets"][0]
     assert prompt_set["num_prompts"] == 3 and [r["k"] for r in prompt_set["runs"]] == [1, 2]
     assert all(r["derived"]["lossless"] for r in prompt_set["runs"])
+    costs = prompt_set["isolated_costs"]  # the isolated costs ran: 12 passes (4 after each prompt), every forward size up to 8
+    assert list(costs["forward_s"]) == [str(n) for n in range(1, 9)] and len(costs["draft_step_s"]) == 12
+    assert all(len(samples) == 12 for samples in costs["forward_s"].values()) and len(costs["context_tokens"]) == 12
+    assert len(set(costs["context_tokens"])) > 1  # at each prompt's own length
+    assert costs["derived"] == isolated_cost_figures(costs) and report["settings"]["cost_repeats"] == 12
     for row in prompt_set["runs"]:  # the stored figures are what derive() gives from the stored raw counts
         assert row["derived"] == derive(row["k"], row, prompt_set["baseline"], greedy=True, isolated_costs=prompt_set["isolated_costs"])
         assert row["derived"]["isolated"]["predicted_speedup"] > 0 and row["derived"]["isolated"]["efficiency"] > 0
@@ -209,7 +223,8 @@ def test_categories_split_the_totals_and_follow_ups_measure_the_second_turn(tiny
         "--k", "1-2", "--max-new-tokens", "6", "-o", str(path / "report.json"),
     ])  # fmt: skip
     assert status == 0
-    assert "mixed by category" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mixed by category" in out and "efficiency" in out and "v for k+1 = 2..8: " in out
     report = json.loads((path / "report.json").read_text())
     assert schema_problems("bench-report", report) == []
     prompt_set = report["prompt_sets"][0]
@@ -238,4 +253,7 @@ def test_floors_missed_exit_1_naming_each_and_the_report_is_still_written(tiny_s
     err = capsys.readouterr().err
     assert "2 of 3 floor(s) missed" in err and "prompts:tau>=99" in err and "no report measured 'humaneval'" in err
     assert json.loads((path / "report.json").read_text())["prompt_sets"][0]["name"] == "prompts"
-    assert main([*common, "--require", "prompts:tau>=1"]) == 0
+    assert main([*common, "--require", "prompts:tau>=1", "--cost-repeats", "0"]) == 0
+    report = json.loads((path / "report.json").read_text())  # no isolated costs asked for: none stored, none derived
+    assert "isolated_costs" not in report["prompt_sets"][0] and "isolated" not in report["prompt_sets"][0]["runs"][0]["derived"]
+    assert schema_problems("bench-report", report) == []

@@ -254,6 +254,10 @@ def isolated_costs_dropped_but_not_their_figures(r):
     del r["prompt_sets"][0]["isolated_costs"]
 
 
+def isolated_passes_that_do_not_add_up(r):
+    r["prompt_sets"][0]["isolated_costs"]["forward_s"]["2"].pop()
+
+
 def no_forward_for_k_plus_1(r):
     del r["prompt_sets"][0]["isolated_costs"]["forward_s"]["3"]
     recomputed(r)
@@ -272,6 +276,7 @@ BAD_REPORTS = {
     "isolated timings edited": (faster_isolated_step, "isolated_costs.derived.step_1_s is"),
     "isolated figures without their timings": (isolated_costs_dropped_but_not_their_figures, "derived.isolated is not a figure derive() computes"),
     "isolated timings without a size a row needs": (no_forward_for_k_plus_1, "no timings of [3]-token forwards"),
+    "isolated passes that do not add up": (isolated_passes_that_do_not_add_up, "but forward_s['2'] another number of timings"),
 }
 
 

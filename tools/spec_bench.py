@@ -31,11 +31,12 @@ Measure speculative decoding with the offline engine (plain PyTorch, batch 1): f
 set, the verifier decodes every prompt alone (the baseline) and with the speculator for each k,
 interleaved in one run. Prints τ (tokens per verifier step, bonus included), per-position
 acceptance, the draft cost c and verify cost v within the run (relative to one plain decoding
-step), the measured speedup, the speedup predicted from costs timed in isolation afterwards
+step), the measured speedup, the speedup predicted from costs timed in isolation
 (S = E(α) / (k·c + v), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.; one draft step and
-verifier forwards of 1..8 tokens, each alone at the run's typical context length, median of
---cost-repeats) and the engine's efficiency (measured / predicted), and whether the greedy output
-equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
+verifier forwards of 1..8 tokens, each alone with the caches holding a prompt and half its
+answer; medians of --cost-repeats passes spread between the prompts), the engine's efficiency
+(measured / predicted), and whether the greedy output equals the verifier's own ("lossless").
+Rows that cannot be right are flagged.
 
 Prompt sets are JSONL files: {"prompt": "raw text"} or {"messages": [...]} (rendered with the
 verifier's chat template), optionally with "category" (the report is then also split by it) and,
@@ -84,8 +85,8 @@ def build_parser():
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 = speculative sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--cost-repeats", type=int, default=10, metavar="N",
-                        help="time each isolated cost N times and use the median (default 10; 0 = no isolated costs)")
+    parser.add_argument("--cost-repeats", type=int, default=12, metavar="N",
+                        help="isolated-cost passes per prompt set, spread between its prompts; medians are used (default 12; 0 = none)")
     parser.add_argument("--limit", type=int, help="use only the first N prompts of each set")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
@@ -219,11 +220,11 @@ def print_report(report: dict) -> None:
 
 def _isolated_costs_line(costs: dict) -> str:
     """The costs the `predicted` column comes from: the 1-token step, c, and v for every forward size timed."""
-    d, repeats = costs["derived"], len(costs["forward_s"]["1"])
+    d, contexts = costs["derived"], sorted(costs["context_tokens"])
     step = "—" if d["step_1_s"] is None else f"{d['step_1_s'] * 1000:.1f} ms"
     sizes = sorted(int(n) for n in d["verify_cost_v"])
     v = " ".join(_num(d["verify_cost_v"][str(n)]) for n in sizes)
-    return (f"  predicted from costs timed alone at {costs['context_tokens']} cached tokens (median of {repeats}): 1-token step {step}, "
+    return (f"  predicted from costs timed alone, {len(contexts)} passes at {contexts[0]}–{contexts[-1]} cached tokens (medians): 1-token step {step}, "
             f"draft step c = {_num(d['draft_cost_c'])}" + (f", v for k+1 = {sizes[0]}..{sizes[-1]}: {v}" if sizes else ""))
 
 

@@ -7,8 +7,9 @@ per-position acceptance, costs, measured and predicted speedup, and the sanity f
 
 The in-run costs cannot test the engine: a prediction from them differs from the measured speedup
 only through E(α) vs τ. So each set also times the costs in isolation (`measure_isolated_costs`:
-verifier forwards of 1..n tokens and one draft step, each alone at the run's typical context
-length) and predicts from those; measured / predicted is the engine's efficiency.
+verifier forwards of 1..n tokens and one draft step, each alone with the caches holding a prompt
+and half its answer), in passes spread between the prompts so they see the same machine as the
+generations, and predicts from their medians; measured / predicted is the engine's efficiency.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class BenchSettings:
     max_new_tokens: int = 128
     temperature: float = 0.0
     seed: int = 0
-    cost_repeats: int = 10  # timings per isolated cost (their median is used); 0 = no isolated costs
+    cost_repeats: int = 12  # isolated-cost passes per prompt set, spread over its prompts (medians are used); 0 = none
 
 
 @dataclass
@@ -77,6 +78,32 @@ class RunTotals:
             "calls": self.calls,
             "mismatched_prompts": self.mismatched_prompts,
         }
+
+
+@dataclass
+class IsolatedCosts:
+    """Raw isolated timings of a prompt set, pass by pass (each pass: every forward size and one draft step)."""
+
+    with_draft: bool
+    context_tokens: list[int] = field(default_factory=list)  # cached tokens during each pass
+    forward_s: dict[str, list[float]] = field(default_factory=dict)  # tokens per forward -> seconds of each pass
+    draft_step_s: list[float] = field(default_factory=list)
+
+    @property
+    def passes(self) -> int:
+        return len(self.context_tokens)
+
+    def add(self, measured: dict | None) -> None:
+        if measured is None:
+            return
+        self.context_tokens += measured["context_tokens"]
+        for n, seconds in measured["forward_s"].items():
+            self.forward_s.setdefault(n, []).extend(seconds)
+        self.draft_step_s += measured["draft_step_s"] or []
+
+    def to_dict(self) -> dict:
+        draft_step_s = self.draft_step_s if self.with_draft else None
+        return {"context_tokens": self.context_tokens, "forward_s": self.forward_s, "draft_step_s": draft_step_s}
 
 
 def expected_tokens_per_step(alpha: float, k: int) -> float:
@@ -189,7 +216,7 @@ def bench_prompt_set(
     eos_ids: set[int],
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Baseline and every k on one prompt set, then the isolated costs; returns the report entry for the set.
+    """Baseline and every k on one prompt set, with the isolated costs timed between prompts; the set's report entry.
 
     Prompts with a `category` are also counted in their category's totals (the entry's `categories`).
     """
@@ -198,7 +225,7 @@ def bench_prompt_set(
     k_values = settings.k_values if proposer else ()
     totals = _SetTotals(k_values)
     by_category: dict[str, _SetTotals] = {}
-    answered: list[tuple[torch.Tensor, list[int]]] = []  # (prompt, the verifier's own answer): the isolated costs' context
+    costs = IsolatedCosts(proposer is not None)
     _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
     for index, item in enumerate(prompt_set.items):
         progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
@@ -209,7 +236,6 @@ def bench_prompt_set(
         if "category" in item:
             counted_in.append(by_category.setdefault(item["category"], _SetTotals(k_values)))
         reference = autoregressive_generate(verifier, prompt, settings.max_new_tokens, eos_ids, settings.temperature, generator)
-        answered.append((prompt, reference.tokens))
         for set_totals in counted_in:
             set_totals.baseline.add(reference, None)
         for k in k_values:
@@ -218,37 +244,43 @@ def bench_prompt_set(
                 set_totals.runs[k].add(result, k)
                 if greedy and result.tokens != reference.tokens:
                     set_totals.runs[k].mismatched_prompts.append(index)
-    progress(f"{prompt_set.name}: isolated costs")
-    costs = _set_isolated_costs(verifier, proposer, typical_context(answered), settings)
-    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy, costs)}
-    if costs is not None:
-        entry["isolated_costs"] = {**costs, "derived": isolated_cost_figures(costs)}
+        passes = cost_passes_after(index, len(prompt_set.items), settings.cost_repeats)
+        costs.add(_isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), passes, settings))
+    raw_costs = costs.to_dict() if costs.passes else None
+    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy, raw_costs)}
+    if raw_costs is not None:
+        entry["isolated_costs"] = {**raw_costs, "derived": isolated_cost_figures(raw_costs)}
     if by_category:
-        entry["categories"] = [{"name": name, **category.report(greedy, costs)} for name, category in by_category.items()]
+        entry["categories"] = [{"name": name, **category.report(greedy, raw_costs)} for name, category in by_category.items()]
     return entry
 
 
 def _warm_up(verifier: DecodingVerifier, proposer: Proposer | None, prompt: torch.Tensor, settings: BenchSettings, eos_ids: set[int]) -> None:
-    """One untimed generation of each kind: the first calls pay for allocations and lazy initialisation."""
-    autoregressive_generate(verifier, prompt, 8, eos_ids)
+    """One untimed pass of each kind: the first calls pay for allocations and lazy initialisation."""
+    reference = autoregressive_generate(verifier, prompt, 8, eos_ids)
     if proposer:
         speculative_generate(verifier, proposer, prompt, max(settings.k_values), 8, eos_ids)
+    _isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), 1, settings)
 
 
-def typical_context(answered: list[tuple[torch.Tensor, list[int]]]) -> torch.Tensor:
-    """The prompt of median length followed by the first half of the verifier's answer to it:
-    the run's median prompt length plus half its generated length, in real tokens."""
-    prompt, answer = sorted(answered, key=lambda pair: len(pair[0]))[len(answered) // 2]
+def cost_passes_after(index: int, num_prompts: int, total_passes: int) -> int:
+    """How many isolated-cost passes follow prompt `index`: `total_passes` spread evenly over the run,
+    so the isolated timings see the same machine (load, clocks) as the generations."""
+    return (index + 1) * total_passes // num_prompts - index * total_passes // num_prompts
+
+
+def answered_context(prompt: torch.Tensor, answer: list[int]) -> torch.Tensor:
+    """A prompt followed by the first half of the verifier's answer to it: the context halfway through its generation."""
     return torch.cat([prompt, torch.tensor(answer[: len(answer) // 2], dtype=prompt.dtype, device=prompt.device)])
 
 
-def _set_isolated_costs(verifier: DecodingVerifier, proposer: Proposer | None, context: torch.Tensor, settings: BenchSettings) -> dict | None:
-    """The isolated costs for a set's report entry, or None when switched off or the context is too short to split."""
-    if not settings.cost_repeats or len(context) < 3:
+def _isolated_passes(verifier: DecodingVerifier, proposer: Proposer | None, context: torch.Tensor, passes: int, settings: BenchSettings) -> dict | None:
+    """`passes` isolated timings at `context` (None for none, or for a context too short to split)."""
+    if passes < 1 or len(context) < 3:
         return None
     largest = max(MIN_ISOLATED_FORWARD_TOKENS, max(settings.k_values) + 1)
-    generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)
-    return measure_isolated_costs(verifier, proposer, context, largest, settings.cost_repeats, settings.temperature, generator)
+    generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)  # its own: the run's sampling stays as without
+    return measure_isolated_costs(verifier, proposer, context, largest, passes, settings.temperature, generator)
 
 
 @torch.no_grad()
@@ -264,27 +296,23 @@ def measure_isolated_costs(
     """Seconds of verifier forwards of 1..largest_forward tokens and of one draft step, each alone after `context`.
 
     The engine's own calls (DecodingVerifier.forward, Proposer.commit + propose), with the caches
-    already holding the context and cropped back after each forward. Sizes are interleaved within
-    each repeat so a shared machine's drift hits all alike; an unrecorded first pass warms up.
+    already holding the context and cropped back after each forward; the sizes are interleaved
+    within each repeat so that drift on a shared machine hits them all alike.
     """
     verifier.reset()
     _, aux = verifier.forward(context)
     length = verifier.length
     forward_s: dict[str, list[float]] = {str(n): [] for n in range(1, largest_forward + 1)}
     draft_step_s: list[float] | None = [] if proposer else None
-    for repeat in range(repeats + 1):
+    for _ in range(repeats):
         for n in range(1, largest_forward + 1):
             tokens = context[-1:].repeat(n)  # which token ids does not change the cost
-            seconds = _seconds(verifier.device, lambda: verifier.forward(tokens))
+            forward_s[str(n)].append(_seconds(verifier.device, lambda: verifier.forward(tokens)))
             verifier.crop(length)
-            if repeat:
-                forward_s[str(n)].append(seconds)
         if proposer:
-            seconds = _draft_step_seconds(proposer, context, aux, temperature, generator, verifier.device)
-            if repeat:
-                draft_step_s.append(seconds)
+            draft_step_s.append(_draft_step_seconds(proposer, context, aux, temperature, generator, verifier.device))
     verifier.reset()
-    return {"context_tokens": length, "forward_s": forward_s, "draft_step_s": draft_step_s}
+    return {"context_tokens": [length] * repeats, "forward_s": forward_s, "draft_step_s": draft_step_s}
 
 
 def _draft_step_seconds(proposer: Proposer, context: torch.Tensor, aux: torch.Tensor | None, temperature: float, generator, device) -> float:

@@ -73,6 +73,11 @@ def _isolated_cost_problems(costs: dict, prompt_set: dict) -> list[str]:
     """Isolated costs whose figures are not their timings' medians, or that lack a forward size a row needs."""
     where = f"prompt set {prompt_set['name']!r}"
     problems = [f"{where}: {d}" for d in _differences(costs["derived"], isolated_cost_figures(costs), "isolated_costs.derived")]
+    passes = len(costs["context_tokens"])
+    uneven = [f"forward_s[{n!r}]" for n, samples in costs["forward_s"].items() if len(samples) != passes]
+    uneven += ["draft_step_s"] if costs["draft_step_s"] is not None and len(costs["draft_step_s"]) != passes else []
+    if uneven:
+        problems.append(f"{where}: isolated_costs has {passes} passes (context_tokens), but {', '.join(uneven)} another number of timings")
     needed = sorted({run["k"] + 1 for run in prompt_set["runs"]} - {int(n) for n, samples in costs["forward_s"].items() if samples})
     if needed:
         problems.append(f"{where}: isolated_costs.forward_s has no timings of {needed}-token forwards (k+1 of its rows)")
