@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import statistics
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -364,7 +365,17 @@ def hardware_description(device: torch.device) -> str:
     """What the numbers were measured on, in words."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
+    capability = torch.backends.cpu.get_cpu_capability()  # AVX2 or AVX512: the costs differ by kernel as much as by clock
+    return f"{_cpu_model() or platform.machine() + ' CPU'} ({capability}), {torch.get_num_threads()} torch thread(s)"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name on Linux (platform.processor() is empty there), else None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def report_header(settings: BenchSettings, device: torch.device, dtype: torch.dtype, verifier_info: dict, speculator_info: dict | None, command: str) -> dict:
