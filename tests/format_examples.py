@@ -65,19 +65,22 @@ def write_examples(out: Path, work: Path) -> None:
 
 def example_bench_report(header: dict) -> dict:
     """A spec-bench report with made-up raw counts (the shape is real; derived figures come from derive())."""
-    from libspec.bench.measure import BenchSettings, best_k, derive, report_header
+    from libspec.bench.measure import BenchSettings, best_k, derive, isolated_cost_figures, report_header
 
-    settings = BenchSettings((1, 2), max_new_tokens=64)
+    settings = BenchSettings((1, 2), max_new_tokens=64, cost_repeats=3)
     report = report_header(settings, torch.device("cpu"), torch.float32, header["verifier"], None, "spec-bench --verifier ... (example)")
     report.update(created_at=CREATED_AT, hardware="example CPU, 1 torch thread(s)", torch_version="2.x")
     report["speculator"] = {"path": "examples/checkpoint-eagle3", "algorithm": "eagle3", "aux_layer_ids": [2, 3, 4], "draft_layers": 1, "draft_vocab_size": 48, "speculative_tokens": 3}
     baseline = {"histogram": [], "tokens": 640, "prompts": 10, "seconds": {"prefill": 0.05, "decode": 2.52}, "calls": {"prefill": 10, "decode": 630}, "mismatched_prompts": []}
+    costs = {"context_tokens": [41, 41, 57], "draft_step_s": [0.0006, 0.0007, 0.0006],
+             "forward_s": {str(n): [round(0.004 + 0.0006 * (n > 1) + 0.0001 * n + 0.0001 * i, 6) for i in range(3)] for n in range(1, 9)}}
     runs = []
-    for k, histogram in ((1, [180, 230]), (2, [120, 110, 90])):
+    for k, histogram in ((1, [180, 230]), (2, [110, 110, 100])):
         raw = {"histogram": histogram, "tokens": 640, "prompts": 10, "calls": {},
                "seconds": {"prefill": 0.07, "draft": 0.3 * k, "verify": 1.9, "accept": 0.05}, "mismatched_prompts": []}
-        runs.append({"k": k, **raw, "derived": derive(k, raw, baseline, greedy=True)})
-    report["prompt_sets"] = [{"name": "code", "path": "code.jsonl", "num_prompts": 10, "baseline": baseline, "runs": runs, "best_k": best_k(runs)}]
+        runs.append({"k": k, **raw, "derived": derive(k, raw, baseline, greedy=True, isolated_costs=costs)})
+    report["prompt_sets"] = [{"name": "code", "path": "code.jsonl", "num_prompts": 10, "baseline": baseline, "runs": runs, "best_k": best_k(runs),
+                              "isolated_costs": {**costs, "derived": isolated_cost_figures(costs)}}]
     return report
 
 

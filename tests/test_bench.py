@@ -12,7 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from conftest import TINY_LLAMA, random_checkpoint_tensors
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
-from libspec.bench.measure import derive, expected_tokens_per_step
+from libspec.bench.decoding import DecodingVerifier
+from libspec.bench.measure import (
+    answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
+)
 from libspec.bench.prompts import encode_prompt
 from libspec.format.schemas import schema_problems
 from tools.spec_bench import main, parse_k
@@ -71,6 +74,77 @@ def test_each_sanity_flag_fires_on_a_constructed_bad_case(case):
     assert any(message in f for f in flags), flags
 
 
+# Isolated costs: a 1-token step of 10 ms, a draft step of 1 ms, a (k+1)-token forward of 10 + 5·k ms.
+ISOLATED = {
+    "context_tokens": [300, 300, 300],
+    "forward_s": {str(n): [0.010 + 0.005 * (n - 1) + noise for noise in (0.004, 0.0, -0.001)] for n in range(1, 9)},
+    "draft_step_s": [0.003, 0.001, 0.0009],
+}
+
+
+def test_isolated_costs_predict_a_known_speedup():
+    figures = isolated_cost_figures(ISOLATED)  # medians: the noise (one sample high, one low) drops out
+    assert figures["step_1_s"] == pytest.approx(0.010)
+    assert figures["draft_cost_c"] == pytest.approx(0.1)
+    assert figures["verify_cost_v"] == pytest.approx({str(n): 1 + 0.5 * (n - 1) for n in range(2, 9)})
+    # α = 0.5 exactly at k = 1 (100 rounds accept nothing, 100 accept the draft): E = 1.5 tokens per round,
+    # for k·c + v = 0.1 + 1.5 = 1.6 steps: S = 1.5 / 1.6, independent of the in-run seconds.
+    d = derive(1, run([100, 100], draft=9.0, verify=99.0), BASELINE, greedy=True, isolated_costs=ISOLATED)
+    assert d["alpha"] == 0.5
+    assert d["isolated"]["draft_cost_c"] == pytest.approx(0.1) and d["isolated"]["verify_cost_v"] == pytest.approx(1.5)
+    assert d["isolated"]["predicted_speedup"] == pytest.approx(1.5 / 1.6)
+    assert d["isolated"]["efficiency"] == pytest.approx(d["speedup"] / (1.5 / 1.6))
+    assert "isolated" not in derive(1, run([100, 100]), BASELINE, greedy=True)  # an older report's rows: no such figures
+
+
+def test_isolated_prediction_is_undefined_without_the_needed_forward():
+    costs = {**ISOLATED, "forward_s": {"1": [0.01]}}
+    d = derive(2, run([100, 100, 100]), BASELINE, greedy=True, isolated_costs=costs)
+    assert d["isolated"] == {"draft_cost_c": pytest.approx(0.1), "verify_cost_v": None, "predicted_speedup": None, "efficiency": None}
+
+
+def test_isolated_costs_time_the_engine_calls_at_the_context_length():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "model_type")}))
+    verifier = DecodingVerifier(model, [1, 2, 3])
+    proposer = RecordingProposer()
+    context = answered_context(torch.arange(4, 10), [11] * 8)
+    assert context.tolist() == [4, 5, 6, 7, 8, 9, 11, 11, 11, 11]  # the prompt and half its answer
+    costs = measure_isolated_costs(verifier, proposer, context, largest_forward=5, repeats=3)
+    assert costs["context_tokens"] == [10, 10, 10] and list(costs["forward_s"]) == ["1", "2", "3", "4", "5"]
+    assert all(len(samples) == 3 and min(samples) > 0 for samples in [*costs["forward_s"].values(), costs["draft_step_s"]])
+    # Each draft step: the proposer started on all but the last token (its aux one shorter), then that token committed.
+    assert proposer.calls[-3:] == [("start", 9, 8), ("commit", 1, 1), ("propose", 1)]
+    assert verifier.length == 0  # the verifier's cache is left empty, as the engine expects
+    assert measure_isolated_costs(verifier, None, context, 2, 1)["draft_step_s"] is None
+
+
+def test_isolated_passes_are_spread_evenly_between_the_prompts():
+    assert [cost_passes_after(i, 4, 12) for i in range(4)] == [3, 3, 3, 3]
+    assert [cost_passes_after(i, 80, 12) for i in range(80)].count(1) == 12  # one pass after every 6th or 7th prompt
+    assert [cost_passes_after(i, 3, 4) for i in range(3)] == [1, 1, 2]
+    assert sum(cost_passes_after(i, 7, 0) for i in range(7)) == 0
+
+
+class RecordingProposer:
+    """Counts what the isolated draft step asks of a proposer."""
+
+    aux_layer_ids = [1, 2, 3]
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, context, aux):
+        self.calls.append(("start", len(context), len(aux)))
+
+    def commit(self, accepted, aux):
+        self.calls.append(("commit", len(accepted), len(aux)))
+
+    def propose(self, k, temperature, generator):
+        self.calls.append(("propose", k))
+        return torch.zeros(k, dtype=torch.long), None
+
+
 def test_parse_k():
     assert parse_k("3") == (3,)
     assert parse_k("1-4") == (1, 2, 3, 4)
@@ -112,8 +186,14 @@ def test_spec_bench_end_to_end(tiny_setup, capsys):
     prompt_set = report["prompt_sets"][0]
     assert prompt_set["num_prompts"] == 3 and [r["k"] for r in prompt_set["runs"]] == [1, 2]
     assert all(r["derived"]["lossless"] for r in prompt_set["runs"])
+    costs = prompt_set["isolated_costs"]  # the isolated costs ran: 12 passes (4 after each prompt), every forward size up to 8
+    assert list(costs["forward_s"]) == [str(n) for n in range(1, 9)] and len(costs["draft_step_s"]) == 12
+    assert all(len(samples) == 12 for samples in costs["forward_s"].values()) and len(costs["context_tokens"]) == 12
+    assert len(set(costs["context_tokens"])) > 1  # at each prompt's own length
+    assert costs["derived"] == isolated_cost_figures(costs) and report["settings"]["cost_repeats"] == 12
     for row in prompt_set["runs"]:  # the stored figures are what derive() gives from the stored raw counts
-        assert row["derived"] == derive(row["k"], row, prompt_set["baseline"], greedy=True)
+        assert row["derived"] == derive(row["k"], row, prompt_set["baseline"], greedy=True, isolated_costs=prompt_set["isolated_costs"])
+        assert row["derived"]["isolated"]["predicted_speedup"] > 0 and row["derived"]["isolated"]["efficiency"] > 0
     assert (path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = ckpt.read_config(path / "draft")["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
     assert written == prompt_set["best_k"]
@@ -143,7 +223,8 @@ def test_categories_split_the_totals_and_follow_ups_measure_the_second_turn(tiny
         "--k", "1-2", "--max-new-tokens", "6", "-o", str(path / "report.json"),
     ])  # fmt: skip
     assert status == 0
-    assert "mixed by category" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mixed by category" in out and "efficiency" in out and "v for k+1 = 2..8: " in out
     report = json.loads((path / "report.json").read_text())
     assert schema_problems("bench-report", report) == []
     prompt_set = report["prompt_sets"][0]
@@ -153,8 +234,8 @@ def test_categories_split_the_totals_and_follow_ups_measure_the_second_turn(tiny
     for k_index, row in enumerate(prompt_set["runs"]):
         assert sum(c["runs"][k_index]["tokens"] for c in categories.values()) < row["tokens"]  # the uncategorised prompt is only here
     for category in categories.values():
-        for run in category["runs"]:
-            assert run["derived"] == derive(run["k"], run, category["baseline"], greedy=True)
+        for run in category["runs"]:  # categories are predicted from the set's isolated costs
+            assert run["derived"] == derive(run["k"], run, category["baseline"], greedy=True, isolated_costs=prompt_set["isolated_costs"])
     del prompt_set["categories"][0]["runs"][0]["histogram"]
     assert schema_problems("bench-report", report)  # the categories' runs are held to the same schema
     # The two-turn item is measured on [question, the verifier's own answer, follow-up].
@@ -172,7 +253,10 @@ def test_floors_missed_exit_1_naming_each_and_the_report_is_still_written(tiny_s
     err = capsys.readouterr().err
     assert "2 of 3 floor(s) missed" in err and "prompts:tau>=99" in err and "no report measured 'humaneval'" in err
     assert json.loads((path / "report.json").read_text())["prompt_sets"][0]["name"] == "prompts"
-    assert main([*common, "--require", "prompts:tau>=1"]) == 0
+    assert main([*common, "--require", "prompts:tau>=1", "--cost-repeats", "0"]) == 0
+    report = json.loads((path / "report.json").read_text())  # no isolated costs asked for: none stored, none derived
+    assert "isolated_costs" not in report["prompt_sets"][0] and "isolated" not in report["prompt_sets"][0]["runs"][0]["derived"]
+    assert schema_problems("bench-report", report) == []
 
 
 def test_draft_for_another_verifier_is_refused_listing_the_differences(tiny_setup, capsys):

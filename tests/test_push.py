@@ -205,7 +205,7 @@ def recomputed(report: dict) -> dict:
     greedy = report["settings"]["temperature"] == 0
     for prompt_set in report["prompt_sets"]:
         for run in prompt_set["runs"]:
-            run["derived"] = derive(run["k"], run, prompt_set["baseline"], greedy)
+            run["derived"] = derive(run["k"], run, prompt_set["baseline"], greedy, prompt_set.get("isolated_costs"))
     return report
 
 
@@ -243,6 +243,27 @@ def baseline_only(r):
     r["speculator"] = None
 
 
+def edit_efficiency(r):
+    r["prompt_sets"][0]["runs"][0]["derived"]["isolated"]["efficiency"] *= 1.5
+
+
+def faster_isolated_step(r):
+    r["prompt_sets"][0]["isolated_costs"]["forward_s"]["1"] = [s / 2 for s in r["prompt_sets"][0]["isolated_costs"]["forward_s"]["1"]]
+
+
+def isolated_costs_dropped_but_not_their_figures(r):
+    del r["prompt_sets"][0]["isolated_costs"]
+
+
+def isolated_passes_that_do_not_add_up(r):
+    r["prompt_sets"][0]["isolated_costs"]["forward_s"]["2"].pop()
+
+
+def no_forward_for_k_plus_1(r):
+    del r["prompt_sets"][0]["isolated_costs"]["forward_s"]["3"]
+    recomputed(r)
+
+
 BAD_REPORTS = {
     "figure edited by hand": (edit_tau, "derived.tau is"),
     "sanity flag": (flag_output_differs, "sanity flag: greedy output differs from the verifier's own on prompts [0]"),
@@ -252,6 +273,11 @@ BAD_REPORTS = {
     "measured another verifier": (other_verifier, "measured another verifier than the one this checkpoint was trained for: tokenizer_sha256"),
     "schema": (no_settings, "schema: at (top level): 'settings' is a required property"),
     "baseline only": (baseline_only, "baseline-only report"),
+    "efficiency edited by hand": (edit_efficiency, "derived.isolated.efficiency is"),
+    "isolated timings edited": (faster_isolated_step, "isolated_costs.derived.step_1_s is"),
+    "isolated figures without their timings": (isolated_costs_dropped_but_not_their_figures, "derived.isolated is not a figure derive() computes"),
+    "isolated timings without a size a row needs": (no_forward_for_k_plus_1, "no timings of [3]-token forwards"),
+    "isolated passes that do not add up": (isolated_passes_that_do_not_add_up, "but forward_s['2'] another number of timings"),
 }
 
 
@@ -266,6 +292,20 @@ def test_bad_report_is_refused_naming_the_file_and_the_problem(measured, tmp_pat
     assert not plan.allowed and plan.gate.checkpoint_problems == []
     assert any(p.startswith(f"{path}: ") and message in p for p in plan.gate.report_problems), plan.gate.report_problems
     assert not any(str(measured / "report.json") in p for p in plan.gate.report_problems)  # the good one passes
+
+
+def test_report_from_before_isolated_costs_still_passes(measured, tmp_path):
+    """Reports written before the isolated costs existed have none of their fields, and are still checked and published."""
+    report = report_of(measured)
+    for prompt_set in report["prompt_sets"]:
+        del prompt_set["isolated_costs"]
+        for run in prompt_set["runs"]:
+            del run["derived"]["isolated"]
+    del report["settings"]["cost_repeats"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(report))
+    plan = plan_push(measured / "ckpt", [path], PushOptions(REPO))
+    assert plan.allowed and plan.gate.report_problems == []
 
 
 def test_unreadable_report_is_refused_with_one_line(measured, tmp_path, capsys):

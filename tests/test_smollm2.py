@@ -64,16 +64,18 @@ def test_folder_is_a_plain_float32_llama_with_its_recipe():
     assert recipe["params"] == 134_515_008
 
 
-@pytest.mark.slow  # ~10 s: loads the 538 MB folder and decodes on one core
+@pytest.mark.slow  # ~20 s: loads the 538 MB folder, decodes and times forwards on one core
 @needs(smollm2.GGUF_PIN)
 def test_spec_bench_runs_it_on_mt_bench_and_humaneval(capsys):
     folder = smollm2.build_smollm2()
-    status = spec_bench(["--verifier", str(folder), "--prompts", "mt-bench:2", "humaneval:1", "--max-new-tokens", "4", "--json"])
+    status = spec_bench(["--verifier", str(folder), "--prompts", "mt-bench:2", "humaneval:1", "--max-new-tokens", "4", "--cost-repeats", "2", "--json"])
     assert status == 0
     mt_bench, humaneval = json.loads(capsys.readouterr().out)["prompt_sets"]
     assert (mt_bench["name"], mt_bench["num_prompts"], humaneval["name"], humaneval["num_prompts"]) == ("mt-bench", 2, "humaneval", 1)
     assert [(c["name"], c["num_prompts"]) for c in mt_bench["categories"]] == [("writing", 2)]
     assert mt_bench["baseline"]["tokens"] == 2 * 4 and "categories" not in humaneval
+    costs = humaneval["isolated_costs"]  # a verifier alone still gets its isolated forward costs: v for k+1 = 2..8
+    assert list(costs["derived"]["verify_cost_v"]) == [str(n) for n in range(2, 9)] and costs["draft_step_s"] is None
 
 
 @needs(smollm2.GGUF_PIN)

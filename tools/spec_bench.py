@@ -30,10 +30,13 @@ DESCRIPTION = """\
 Measure speculative decoding with the offline engine (plain PyTorch, batch 1): for each prompt
 set, the verifier decodes every prompt alone (the baseline) and with the speculator for each k,
 interleaved in one run. Prints τ (tokens per verifier step, bonus included), per-position
-acceptance, the measured draft cost c and verify cost v (relative to one plain decoding step),
-the measured speedup beside the one predicted from those measurements
-(S = E(α) / (k·c + v + o), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.), and whether the
-greedy output equals the verifier's own ("lossless"). Rows that cannot be right are flagged.
+acceptance, the draft cost c and verify cost v within the run (relative to one plain decoding
+step), the measured speedup, the speedup predicted from costs timed in isolation
+(S = E(α) / (k·c + v), E(α) = (1 − α^(k+1)) / (1 − α), Leviathan et al.; one draft step and
+verifier forwards of 1..8 tokens, each alone with the caches holding a prompt and half its
+answer; medians of --cost-repeats passes spread between the prompts), the engine's efficiency
+(measured / predicted), and whether the greedy output equals the verifier's own ("lossless").
+Rows that cannot be right are flagged.
 
 The speculator must fit the verifier: a draft its algorithm cannot run on it (hidden size,
 vocabulary, aux layers past its depth) is refused, and so is one whose config.json records
@@ -87,6 +90,8 @@ def build_parser():
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 = speculative sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--cost-repeats", type=int, default=12, metavar="N",
+                        help="isolated-cost passes per prompt set, spread between its prompts; medians are used (default 12; 0 = none)")
     parser.add_argument("--limit", type=int, help="use only the first N prompts of each set")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
@@ -117,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.write_best_k and not args.speculator:
         raise SpecError("--write-best-k needs --speculator")
-    settings = BenchSettings(parse_k(args.k), args.max_new_tokens, args.temperature, args.seed)
+    if args.cost_repeats < 0:
+        raise SpecError(f"--cost-repeats {args.cost_repeats}: expected 0 (no isolated costs) or more")
+    settings = BenchSettings(parse_k(args.k), args.max_new_tokens, args.temperature, args.seed, args.cost_repeats)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -211,23 +218,36 @@ def print_report(report: dict) -> None:
     for prompt_set in report["prompt_sets"]:
         title = f"{prompt_set['name']}: {prompt_set['num_prompts']} prompts, verifier alone {_baseline_tokens_per_s(prompt_set):.0f} tok/s"
         table = Table(title=escape(title), title_justify="left")
-        for column in ("k", "τ", "accepted at position 1..k", "c", "v", "speedup", "predicted", "tok/s", "lossless"):
+        for column in ("k", "τ", "accepted at position 1..k", "c", "v", "speedup", "predicted", "efficiency", "tok/s", "lossless"):
             table.add_column(column, justify="right", no_wrap=True)
         for row in prompt_set["runs"]:
-            d = row["derived"]
+            d, isolated = row["derived"], row["derived"].get("isolated", {})
             style = "bold green" if row["k"] == prompt_set["best_k"] else None
             lossless = {True: "✓", False: "✗", None: "n/a (sampling)"}[d["lossless"]]
             table.add_row(
                 str(row["k"]), _num(d["tau"]), " ".join(_num(r) for r in d["per_position_acceptance"]),
-                _num(d["draft_cost_c"]), _num(d["verify_cost_v"]), _num(d["speedup"], "×"), _num(d["predicted_speedup"], "×"),
-                _num(d["tokens_per_s"], "", 0), lossless + (" ⚠" if d["flags"] else ""), style=style,
+                _num(d["draft_cost_c"]), _num(d["verify_cost_v"]), _num(d["speedup"], "×"),
+                _num(isolated.get("predicted_speedup"), "×"), _num(isolated.get("efficiency")), _num(d["tokens_per_s"], "", 0),
+                lossless + (" ⚠" if d["flags"] else ""), style=style,
             )  # fmt: skip
         stdout.print(table)
+        if prompt_set.get("isolated_costs"):
+            stdout.print(_isolated_costs_line(prompt_set["isolated_costs"]))
         for row in prompt_set["runs"]:
             for flag in row["derived"]["flags"]:
                 stdout.print(f"  [yellow]⚠ k={row['k']}:[/] {escape(flag)}")
         if prompt_set.get("categories"):
             _print_categories(prompt_set)
+
+
+def _isolated_costs_line(costs: dict) -> str:
+    """The costs the `predicted` column comes from: the 1-token step, c, and v for every forward size timed."""
+    d, contexts = costs["derived"], sorted(costs["context_tokens"])
+    step = "—" if d["step_1_s"] is None else f"{d['step_1_s'] * 1000:.1f} ms"
+    sizes = sorted(int(n) for n in d["verify_cost_v"])
+    v = " ".join(_num(d["verify_cost_v"][str(n)]) for n in sizes)
+    return (f"  predicted from costs timed alone, {len(contexts)} passes at {contexts[0]}–{contexts[-1]} cached tokens (medians): 1-token step {step}, "
+            f"draft step c = {_num(d['draft_cost_c'])}" + (f", v for k+1 = {sizes[0]}..{sizes[-1]}: {v}" if sizes else ""))
 
 
 def _print_categories(prompt_set: dict) -> None:

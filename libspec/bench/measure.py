@@ -4,23 +4,32 @@ For each prompt set the verifier decodes alone (baseline) and with the draft for
 prompt in the same run, interleaved so slow drift of a shared machine hits all settings alike.
 A run keeps the accepted-length histogram and the seconds per phase; `derive` computes τ,
 per-position acceptance, costs, measured and predicted speedup, and the sanity flags.
+
+The in-run costs cannot test the engine: a prediction from them differs from the measured speedup
+only through E(α) vs τ. So each set also times the costs in isolation (`measure_isolated_costs`:
+verifier forwards of 1..n tokens and one draft step, each alone with the caches holding a prompt
+and half its answer), in passes spread between the prompts so they see the same machine as the
+generations, and predicts from their medians; measured / predicted is the engine's efficiency.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+import statistics
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 import libspec
-from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, autoregressive_generate, speculative_generate
+from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, Timer, autoregressive_generate, speculative_generate
 from libspec.bench.prompts import PromptSet, encode_prompt
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
 MIN_ROUNDS_FOR_STABLE_FIGURES = 50
+MIN_ISOLATED_FORWARD_TOKENS = 8  # v for k+1 = 2..8 is always measured, whatever k the run covers
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class BenchSettings:
     max_new_tokens: int = 128
     temperature: float = 0.0
     seed: int = 0
+    cost_repeats: int = 12  # isolated-cost passes per prompt set, spread over its prompts (medians are used); 0 = none
 
 
 @dataclass
@@ -71,6 +81,32 @@ class RunTotals:
         }
 
 
+@dataclass
+class IsolatedCosts:
+    """Raw isolated timings of a prompt set, pass by pass (each pass: every forward size and one draft step)."""
+
+    with_draft: bool
+    context_tokens: list[int] = field(default_factory=list)  # cached tokens during each pass
+    forward_s: dict[str, list[float]] = field(default_factory=dict)  # tokens per forward -> seconds of each pass
+    draft_step_s: list[float] = field(default_factory=list)
+
+    @property
+    def passes(self) -> int:
+        return len(self.context_tokens)
+
+    def add(self, measured: dict | None) -> None:
+        if measured is None:
+            return
+        self.context_tokens += measured["context_tokens"]
+        for n, seconds in measured["forward_s"].items():
+            self.forward_s.setdefault(n, []).extend(seconds)
+        self.draft_step_s += measured["draft_step_s"] or []
+
+    def to_dict(self) -> dict:
+        draft_step_s = self.draft_step_s if self.with_draft else None
+        return {"context_tokens": self.context_tokens, "forward_s": self.forward_s, "draft_step_s": draft_step_s}
+
+
 def expected_tokens_per_step(alpha: float, k: int) -> float:
     """Leviathan et al. eq. 1: E = (1 - α^(k+1)) / (1 - α) tokens per verifier step."""
     return float(k + 1) if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
@@ -81,12 +117,13 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def derive(k: int, run: dict, baseline: dict, greedy: bool) -> dict:
+def derive(k: int, run: dict, baseline: dict, greedy: bool, isolated_costs: dict | None = None) -> dict:
     """τ, acceptance, costs, speedups and sanity flags of a run, from its raw counts only.
 
     Costs are relative to one plain decoding step t1 of the baseline: c = draft time per drafted
     token / t1, v = verify time per round / t1, o = the rest of a round / t1. The prediction is
-    S = E(α) / (k·c + v + o) with α the pooled conditional acceptance rate.
+    S = E(α) / (k·c + v + o) with α the pooled conditional acceptance rate. With the set's
+    `isolated_costs` (older reports have none) the row also gets `isolated`: the prediction from them.
     """
     histogram = run["histogram"] or [0] * (k + 1)
     rounds = sum(histogram)
@@ -115,8 +152,34 @@ def derive(k: int, run: dict, baseline: dict, greedy: bool) -> dict:
         "baseline_tokens_per_s": _ratio(1.0, t1 or 0.0),
         "lossless": (not run["mismatched_prompts"]) if greedy else None,
     }
+    if isolated_costs is not None:
+        derived["isolated"] = isolated_prediction(k, alpha, derived["speedup"], isolated_cost_figures(isolated_costs))
     derived["flags"] = sanity_flags(k, derived, run, greedy)
     return derived
+
+
+def isolated_cost_figures(isolated_costs: dict) -> dict:
+    """Medians of the isolated timings: the 1-token step in seconds, and c and v (forward size -> v) relative to it."""
+    medians = {int(n): statistics.median(samples) for n, samples in isolated_costs["forward_s"].items() if samples}
+    step_1_s = medians.get(1)
+    draft_step_s = isolated_costs["draft_step_s"]
+    return {
+        "step_1_s": step_1_s,
+        "draft_cost_c": _ratio(statistics.median(draft_step_s), step_1_s) if draft_step_s else None,
+        "verify_cost_v": {str(n): _ratio(seconds, step_1_s) for n, seconds in sorted(medians.items()) if n > 1},
+    }
+
+
+def isolated_prediction(k: int, alpha: float | None, speedup: float | None, figures: dict) -> dict:
+    """S = E(α) / (k·c + v) from the isolated costs (v of a (k+1)-token forward), and measured / predicted."""
+    c, v = figures["draft_cost_c"], figures["verify_cost_v"].get(str(k + 1))
+    predicted = None if None in (alpha, c, v) else expected_tokens_per_step(alpha, k) / (k * c + v)
+    return {
+        "draft_cost_c": c,
+        "verify_cost_v": v,
+        "predicted_speedup": predicted,
+        "efficiency": None if speedup is None else _ratio(speedup, predicted),
+    }
 
 
 def sanity_flags(k: int, derived: dict, run: dict, greedy: bool) -> list[str]:
@@ -154,7 +217,7 @@ def bench_prompt_set(
     eos_ids: set[int],
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Baseline and every k on one prompt set; returns the report entry for the set.
+    """Baseline and every k on one prompt set, with the isolated costs timed between prompts; the set's report entry.
 
     Prompts with a `category` are also counted in their category's totals (the entry's `categories`).
     """
@@ -163,11 +226,8 @@ def bench_prompt_set(
     k_values = settings.k_values if proposer else ()
     totals = _SetTotals(k_values)
     by_category: dict[str, _SetTotals] = {}
-    # One untimed generation first: the first calls pay for allocations and lazy initialisation.
-    warmup = encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device)
-    autoregressive_generate(verifier, warmup, 8, eos_ids)
-    if proposer:
-        speculative_generate(verifier, proposer, warmup, max(settings.k_values), 8, eos_ids)
+    costs = IsolatedCosts(proposer is not None)
+    _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
     for index, item in enumerate(prompt_set.items):
         progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
         if "follow_up" in item:  # measure the second turn, after the verifier's own first answer
@@ -185,13 +245,99 @@ def bench_prompt_set(
                 set_totals.runs[k].add(result, k)
                 if greedy and result.tokens != reference.tokens:
                     set_totals.runs[k].mismatched_prompts.append(index)
-    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy)}
+        passes = cost_passes_after(index, len(prompt_set.items), settings.cost_repeats)
+        costs.add(_isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), passes, settings))
+    raw_costs = costs.to_dict() if costs.passes else None
+    entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy, raw_costs)}
+    if raw_costs is not None:
+        entry["isolated_costs"] = {**raw_costs, "derived": isolated_cost_figures(raw_costs)}
     if by_category:
-        entry["categories"] = [{"name": name, **category.report(greedy)} for name, category in by_category.items()]
+        entry["categories"] = [{"name": name, **category.report(greedy, raw_costs)} for name, category in by_category.items()]
     return entry
 
 
-def with_first_answer(verifier: Verifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
+def _warm_up(verifier: DecodingVerifier, proposer: Proposer | None, prompt: torch.Tensor, settings: BenchSettings, eos_ids: set[int]) -> None:
+    """One untimed pass of each kind: the first calls pay for allocations and lazy initialisation."""
+    reference = autoregressive_generate(verifier, prompt, 8, eos_ids)
+    if proposer:
+        speculative_generate(verifier, proposer, prompt, max(settings.k_values), 8, eos_ids)
+    _isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), 1, settings)
+
+
+def cost_passes_after(index: int, num_prompts: int, total_passes: int) -> int:
+    """How many isolated-cost passes follow prompt `index`: `total_passes` spread evenly over the run,
+    so the isolated timings see the same machine (load, clocks) as the generations."""
+    return (index + 1) * total_passes // num_prompts - index * total_passes // num_prompts
+
+
+def answered_context(prompt: torch.Tensor, answer: list[int]) -> torch.Tensor:
+    """A prompt followed by the first half of the verifier's answer to it: the context halfway through its generation."""
+    return torch.cat([prompt, torch.tensor(answer[: len(answer) // 2], dtype=prompt.dtype, device=prompt.device)])
+
+
+def _isolated_passes(verifier: DecodingVerifier, proposer: Proposer | None, context: torch.Tensor, passes: int, settings: BenchSettings) -> dict | None:
+    """`passes` isolated timings at `context` (None for none, or for a context too short to split)."""
+    if passes < 1 or len(context) < 3:
+        return None
+    largest = max(MIN_ISOLATED_FORWARD_TOKENS, max(settings.k_values) + 1)
+    generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)  # its own: the run's sampling stays as without
+    return measure_isolated_costs(verifier, proposer, context, largest, passes, settings.temperature, generator)
+
+
+@torch.no_grad()
+def measure_isolated_costs(
+    verifier: DecodingVerifier,
+    proposer: Proposer | None,
+    context: torch.Tensor,
+    largest_forward: int,
+    repeats: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Seconds of verifier forwards of 1..largest_forward tokens and of one draft step, each alone after `context`.
+
+    The engine's own calls (DecodingVerifier.forward, Proposer.commit + propose), with the caches
+    already holding the context and cropped back after each forward; the sizes are interleaved
+    within each repeat so that drift on a shared machine hits them all alike.
+    """
+    verifier.reset()
+    _, aux = verifier.forward(context)
+    length = verifier.length
+    forward_s: dict[str, list[float]] = {str(n): [] for n in range(1, largest_forward + 1)}
+    draft_step_s: list[float] | None = [] if proposer else None
+    for _ in range(repeats):
+        for n in range(1, largest_forward + 1):
+            tokens = context[-1:].repeat(n)  # which token ids does not change the cost
+            forward_s[str(n)].append(_seconds(verifier.device, lambda: verifier.forward(tokens)))
+            verifier.crop(length)
+        if proposer:
+            draft_step_s.append(_draft_step_seconds(proposer, context, aux, temperature, generator, verifier.device))
+    verifier.reset()
+    return {"context_tokens": [length] * repeats, "forward_s": forward_s, "draft_step_s": draft_step_s}
+
+
+def _draft_step_seconds(proposer: Proposer, context: torch.Tensor, aux: torch.Tensor | None, temperature: float, generator, device) -> float:
+    """One proposer step with a warm cache: the context but its last token is started (untimed); then the
+    last token is committed and one token drafted, as a round of the engine does with k = 1."""
+    proposer.start(context[:-1], None if aux is None else aux[:-2])
+    last_aux = None if aux is None else aux[-2:-1]  # the verifier state before the last token
+
+    def step() -> None:
+        proposer.commit(context[-1:], last_aux)
+        proposer.propose(1, temperature, generator)
+
+    return _seconds(device, step)
+
+
+def _seconds(device: torch.device, action: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call (the engine's Timer, so CUDA is synchronised the same way)."""
+    timer = Timer(device)
+    with timer.measure("call"):
+        action()
+    return timer.seconds["call"]
+
+
+def with_first_answer(verifier: DecodingVerifier, tokenizer, item: dict, max_new_tokens: int, eos_ids: set[int]) -> dict:
     """A two-turn item as its conversation up to the second question, the first answer being the verifier's own (greedy)."""
     prompt = encode_prompt(tokenizer, item).to(verifier.device)
     answer = tokenizer.decode(autoregressive_generate(verifier, prompt, max_new_tokens, eos_ids).tokens, skip_special_tokens=True)
@@ -206,9 +352,12 @@ class _SetTotals:
         self.baseline = RunTotals()
         self.runs = {k: RunTotals() for k in k_values}
 
-    def report(self, greedy: bool) -> dict:
+    def report(self, greedy: bool, isolated_costs: dict | None) -> dict:
         baseline = self.baseline.to_dict()
-        rows = [{"k": k, **totals.to_dict(), "derived": derive(k, totals.to_dict(), baseline, greedy)} for k, totals in self.runs.items()]
+        rows = [
+            {"k": k, **totals.to_dict(), "derived": derive(k, totals.to_dict(), baseline, greedy, isolated_costs)}
+            for k, totals in self.runs.items()
+        ]
         return {"num_prompts": self.baseline.prompts, "baseline": baseline, "runs": rows, "best_k": best_k(rows)}
 
 
@@ -216,7 +365,17 @@ def hardware_description(device: torch.device) -> str:
     """What the numbers were measured on, in words."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
+    capability = torch.backends.cpu.get_cpu_capability()  # AVX2 or AVX512: the costs differ by kernel as much as by clock
+    return f"{_cpu_model() or platform.machine() + ' CPU'} ({capability}), {torch.get_num_threads()} torch thread(s)"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name on Linux (platform.processor() is empty there), else None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def report_header(settings: BenchSettings, device: torch.device, dtype: torch.dtype, verifier_info: dict, speculator_info: dict | None, command: str) -> dict:
@@ -237,6 +396,7 @@ def report_header(settings: BenchSettings, device: torch.device, dtype: torch.dt
             "max_new_tokens": settings.max_new_tokens,
             "temperature": settings.temperature,
             "seed": settings.seed,
+            "cost_repeats": settings.cost_repeats,
         },
         "verifier": verifier_info,
         "speculator": speculator_info,

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from libspec.format import checkpoint as ckpt
-from libspec.bench.measure import best_k, derive
+from libspec.bench.measure import best_k, derive, isolated_cost_figures
 from libspec.errors import SpecError
 from libspec.verifier import VerifierFingerprint, fingerprint_differences
 from libspec.format.json_files import read_json_object
@@ -33,10 +33,13 @@ def report_problems(report: dict) -> list[str]:
         return ["a baseline-only report (no speculator was measured)"]
     greedy = report["settings"]["temperature"] == 0
     for prompt_set in report["prompt_sets"]:
+        costs = prompt_set.get("isolated_costs")  # older reports have none: their rows have no `isolated` either
+        if costs is not None:
+            problems += _isolated_cost_problems(costs, prompt_set)
         recomputed_rows = []
         for run in prompt_set["runs"]:
             where = f"prompt set {prompt_set['name']!r}, k={run['k']}"
-            recomputed = derive(run["k"], run, prompt_set["baseline"], greedy)
+            recomputed = derive(run["k"], run, prompt_set["baseline"], greedy, costs)
             recomputed_rows.append({**run, "derived": recomputed})
             problems += [f"{where}: {d}" for d in _differences(run["derived"], recomputed, "derived")]
             problems += [f"{where}: {p}" for p in _count_problems(run, prompt_set, report["settings"], greedy)]
@@ -63,6 +66,23 @@ def _count_problems(run: dict, prompt_set: dict, settings: dict, greedy: bool) -
         problems.append(f"{run['tokens']} generated tokens, but its rounds can yield at most {most_tokens}")
     if greedy and not run["mismatched_prompts"] and run["tokens"] != baseline["tokens"]:
         problems.append(f"greedy output equal to the baseline's, yet {run['tokens']} tokens against the baseline's {baseline['tokens']}")
+    return problems
+
+
+def _isolated_cost_problems(costs: dict, prompt_set: dict) -> list[str]:
+    """Isolated costs whose figures are not their timings' medians, or that lack a forward size a row needs."""
+    where = f"prompt set {prompt_set['name']!r}"
+    problems = [f"{where}: {d}" for d in _differences(costs["derived"], isolated_cost_figures(costs), "isolated_costs.derived")]
+    passes = len(costs["context_tokens"])
+    uneven = [f"forward_s[{n!r}]" for n, samples in costs["forward_s"].items() if len(samples) != passes]
+    uneven += ["draft_step_s"] if costs["draft_step_s"] is not None and len(costs["draft_step_s"]) != passes else []
+    if uneven:
+        problems.append(f"{where}: isolated_costs has {passes} passes (context_tokens), but {', '.join(uneven)} another number of timings")
+    needed = sorted({run["k"] + 1 for run in prompt_set["runs"]} - {int(n) for n, samples in costs["forward_s"].items() if samples})
+    if needed:
+        problems.append(f"{where}: isolated_costs.forward_s has no timings of {needed}-token forwards (k+1 of its rows)")
+    if prompt_set["runs"] and not costs["draft_step_s"]:
+        problems.append(f"{where}: isolated_costs.draft_step_s has no timings, yet the set has speculative rows")
     return problems
 
 
