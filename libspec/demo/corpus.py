@@ -55,15 +55,20 @@ def _turn(block: list[str], rng: random.Random, options: CorpusOptions) -> list[
     ]
 
 
-def corpus_records(files: Iterable[Path], root: Path | None = None, options: CorpusOptions = CorpusOptions()) -> Iterator[dict]:
-    """Records (chat or text) cut from the given source files, in file order."""
-    rng = random.Random(options.seed)
+def _texts(files: Iterable[Path], root: Path | None) -> Iterator[tuple[str, str]]:
+    """(name relative to root, text) of each file that reads as UTF-8; others are skipped."""
     for path in files:
         try:
             text = Path(path).read_text("utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        name = str(Path(path).relative_to(root)) if root else str(path)
+        yield (str(Path(path).relative_to(root)) if root else str(path)), text
+
+
+def corpus_records(files: Iterable[Path], root: Path | None = None, options: CorpusOptions = CorpusOptions()) -> Iterator[dict]:
+    """Records (chat or text) cut from the given source files, in file order."""
+    rng = random.Random(options.seed)
+    for name, text in _texts(files, root):
         pending = list(_blocks(text, rng, options))
         while pending:
             line, block = pending.pop(0)
@@ -91,12 +96,7 @@ def corpus_prompts(files: Iterable[Path], kind: str, root: Path | None = None, o
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
     rng = random.Random(options.seed)
-    for path in files:
-        try:
-            text = Path(path).read_text("utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        name = str(Path(path).relative_to(root)) if root else str(path)
+    for name, text in _texts(files, root):
         blocks = list(_blocks(text, rng, options))
         if blocks:
             line, block = rng.choice(blocks)

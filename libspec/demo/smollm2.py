@@ -13,7 +13,6 @@ bfloat16 matmuls are far slower. It costs 538 MB on disk instead of 269 MB; GPU 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -21,7 +20,7 @@ import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import transformers
@@ -29,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from libspec.demo.tiny_verifier import default_cache_dir
 from libspec.errors import SpecError
+from libspec.verifier import quiet_transformers
 from libspec.format.atomic import atomic_directory
 from libspec.format.digest import digest_file
 from libspec.packaged import packaged_file
@@ -98,7 +98,7 @@ def load_from_gguf(gguf: Path) -> tuple[torch.nn.Module, object]:
     if missing:
         raise SpecError(f"{gguf}: transformers needs {' and '.join(missing)} to read GGUF files "
                         f"(./just real-extra, or: pip install {' '.join(missing)})")
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model.eval(), tokenizer
@@ -114,20 +114,7 @@ def _save_plain(model: torch.nn.Module, tokenizer, folder: Path) -> int:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(model.state_dict(), strict=True)
     plain.generation_config = model.generation_config
-    with _quiet_transformers():
+    with quiet_transformers():
         plain.to(SAVED_DTYPE).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return sum(p.numel() for p in plain.parameters())
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # save_pretrained draws a tqdm bar; the library leaves printing to the tools. (The GGUF reader's
-    # "de-quantizing" bar is its own tqdm and stays: a 2 s bar on stderr during a 40 s load.)
-    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers.utils.logging.enable_progress_bar()

@@ -38,6 +38,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from libspec.format.atomic import fsync_dir
 from libspec import cpu
 from libspec.errors import SpecError
+from libspec.verifier import quiet_transformers
 
 EOS_TOKEN, IM_START, IM_END, PAD_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END, PAD_TOKEN)  # ids 0..3
@@ -249,7 +250,7 @@ def _build_into(work: Path, preset: VerifierPreset, split: CorpusSplit, key: str
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
         pad_token_id=tokenizer.pad_token_id,
     )
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(work)
     tokenizer.save_pretrained(work)
     recipe = {
@@ -296,18 +297,6 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # save_pretrained draws a tqdm bar on stderr; the library leaves all printing to the tools.
-    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers.utils.logging.enable_progress_bar()
 
 
 def train_tokenizer(texts: list[str], preset: VerifierPreset) -> PreTrainedTokenizerFast:
