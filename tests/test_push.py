@@ -288,6 +288,7 @@ def test_to_dir_writes_a_folder_that_validates_and_loads_back(measured, tmp_path
     args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--to-dir", str(out)]
     assert spec_push.main(args) == 0
     assert validate(str(out)).ok
+    assert validate(str(out)).facts["weight_digests"].startswith("verified: model.safetensors")  # copied bytes, recorded digests still true
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["README.md", "bench/report.json", "config.json", "model.safetensors"]
     original, copy = ckpt.load_tensors(measured / "ckpt"), ckpt.load_tensors(out)
     assert original.keys() == copy.keys() and all(torch.equal(original[n], copy[n]) for n in original)
@@ -345,6 +346,16 @@ def test_to_dir_refuses_an_existing_checkpoint_unless_overwrite_then_keeps_other
     assert all((out / name).read_bytes() == before[name] for name in ("NOTES.md", "optimizer.pt", "logs/train.log"))
     assert (out / "model.safetensors").read_bytes() == (measured / "ckpt" / "model.safetensors").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_flipped_weight_byte_refuses_the_push(measured, tmp_path, capsys):
+    """Regression (issue 13 item 8): the weights' recorded sha256 is checked before anything is published."""
+    shutil.copytree(measured / "ckpt", tmp_path / "ckpt")
+    data = bytearray((tmp_path / "ckpt" / "model.safetensors").read_bytes())
+    data[-3] ^= 0x55
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(bytes(data))
+    plan = plan_push(tmp_path / "ckpt", [], PushOptions(REPO))
+    assert not plan.gate.ok and any("model.safetensors: sha256 " in p and "config.json records" in p for p in plan.gate.problems)
 
 
 def test_overwrite_needs_to_dir(measured):
