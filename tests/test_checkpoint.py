@@ -119,7 +119,9 @@ def test_write_checkpoint_replaces_atomically(tmp_path):
     second = ckpt.load_tensors(path)
     assert not torch.equal(first["fc.weight"], second["fc.weight"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"], "no staging or old folders left behind"
-    assert json.loads((path / "config.json").read_text()) == config
+    written = json.loads((path / "config.json").read_text())
+    assert set(written.pop("spec_tools")["weights"]) == {"model.safetensors"}  # the digests write_checkpoint adds
+    assert written == config
 
 
 def test_failed_write_leaves_the_old_checkpoint(tmp_path):
@@ -137,3 +139,56 @@ def test_checkpoint_files_get_the_umasks_permissions(tmp_path):
 
     path = write(tmp_path, make_config())
     assert {(p.name, p.stat().st_mode & 0o777) for p in path.iterdir()} == {(n, default_file_mode()) for n in ("config.json", "model.safetensors")}
+
+
+def flip_byte(path, position=-3):
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_weight_byte_is_caught_by_the_recorded_sha256(tmp_path):
+    """Regression (issue 13 item 8): a flipped byte in model.safetensors passed spec-validate."""
+    from libspec.format.digest import digest_file
+
+    path = write(tmp_path, make_config())
+    recorded = json.loads((path / "config.json").read_text())["spec_tools"]["weights"]["model.safetensors"]
+    assert recorded == {"bytes": (path / "model.safetensors").stat().st_size, "sha256": digest_file(path / "model.safetensors").sha256}
+    assert validate(str(path)).facts["weight_digests"].startswith("verified: model.safetensors")
+    flip_byte(path / "model.safetensors")  # inside the last tensor's data: the file still parses
+    report = validate(str(path))
+    found = digest_file(path / "model.safetensors").sha256
+    assert f"model.safetensors: sha256 {found}, config.json records {recorded['sha256']} (the file changed after it was written)" in report.problems
+
+
+def test_truncated_weights_are_caught_by_the_recorded_size(tmp_path):
+    path = write(tmp_path, make_config())
+    (path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:-4])
+    assert any(p.startswith("model.safetensors: ") and "bytes, config.json records" in p for p in validate(str(path)).problems)
+
+
+def test_folder_without_digests_is_valid_and_says_so(tmp_path):
+    """Upstream's folders record no digests: a fact, not a problem."""
+    path = write(tmp_path, make_config())
+    config = json.loads((path / "config.json").read_text())
+    del config["spec_tools"]["weights"]
+    (path / "config.json").write_text(json.dumps(config))
+    report = validate(str(path))
+    assert report.ok, report.problems
+    assert report.facts["weight_digests"].startswith("no digests recorded")
+
+
+def test_digests_carried_in_a_config_are_recomputed_when_written(tmp_path):
+    """A config copied from another checkpoint (spec-convert of our own folder) must not keep that folder's digests."""
+    config = make_config()
+    config["spec_tools"] = {"version": "0", "format_version": 1, "weights": {"model.safetensors": {"bytes": 1, "sha256": "0" * 64}}}
+    report = validate(str(write(tmp_path, config)))
+    assert report.ok, report.problems
+
+
+def test_a_malformed_digest_record_is_one_line(tmp_path):
+    path = write(tmp_path, make_config())
+    config = json.loads((path / "config.json").read_text())
+    config["spec_tools"]["weights"] = {"model.safetensors": "abc"}
+    (path / "config.json").write_text(json.dumps(config))
+    assert any("spec_tools.weights['model.safetensors']: expected" in p for p in validate(str(path)).problems)

@@ -539,6 +539,7 @@ def test_overwrite_drops_the_old_checkpoints_index_and_shards(tmp_path, verifier
     for file in sharded.iterdir():  # the output now is the same checkpoint, sharded
         (out / file.name).write_bytes(file.read_bytes())
     (out / "model.safetensors").unlink()
+    (out / "config.json").write_text(json.dumps(ckpt.with_weight_digests(ckpt.read_config(out), out)))  # the shards' digests
     assert validate(str(out)).ok
     run_convert(specforge_source(tmp_path), verifier, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no stale index to shadow the new weights

@@ -75,6 +75,13 @@ def measured(tmp_path_factory):
     return root
 
 
+def published_config(root: Path) -> dict:
+    """The fixture checkpoint's config.json as spec-push publishes it: the fingerprint's local verifier path becomes the Hub id."""
+    config = ckpt.read_config(root / "ckpt")
+    config["spec_tools"]["verifier"]["name_or_path"] = VERIFIER_ID
+    return config
+
+
 def report_of(root: Path) -> dict:
     return json.loads((root / "report.json").read_text())
 
@@ -109,7 +116,9 @@ def test_card_numbers_are_the_reports(measured):
             ])  # fmt: skip
     assert rows == expected
     settings = report["settings"]
-    for fact in (report["command"], report["hardware"], report["created_at"], report["engine"], f"{settings['max_new_tokens']} new tokens", "greedy"):
+    # The command with this machine's paths taken out: the verifier's as its Hub id, others as base names.
+    command = "spec-bench --verifier org/tiny-verifier --speculator ckpt --prompts prompts.jsonl --k 1-2 --max-new-tokens 64 -o report.json"
+    for fact in (command, report["hardware"], report["created_at"], report["engine"], f"{settings['max_new_tokens']} new tokens", "greedy"):
         assert fact in card
 
     metadata = ModelCard(card).data
@@ -131,15 +140,101 @@ def test_card_without_reports_says_nothing_was_measured(measured):
     assert "| prompt set |" not in card and "τ" not in card
 
 
-def test_local_verifier_gets_no_base_model_and_only_the_explicit_command(measured, tmp_path):
-    shutil.copytree(measured / "ckpt", tmp_path / "ckpt")
-    config = ckpt.read_config(tmp_path / "ckpt")
+def local_verifier_checkpoint(measured: Path, target: Path) -> Path:
+    """The measured checkpoint as trained against a local copy of the verifier: config.json names the folder."""
+    shutil.copytree(measured / "ckpt", target)
+    config = ckpt.read_config(target)
     config["speculators_config"]["verifier"]["name_or_path"] = str(measured / "verifier")
-    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    plan = plan_push(tmp_path / "ckpt", [], PushOptions(REPO))
-    assert plan.gate.ok and any("not a Hub id" in note for note in plan.gate.notes)
-    assert ModelCard(plan.card).data.base_model is None
-    assert "vllm serve org/tiny-spec\n" not in plan.card and f"vllm serve {measured / 'verifier'} --speculative-config" in plan.card
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def machine_paths_in(folder: Path, *local: Path) -> list[str]:
+    """Every mention of a local path in the published files: the given ones and the home directory
+    anywhere, and any absolute path in the text files."""
+    from libspec.publish.local_paths import local_paths_in
+
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        found += [f"{path.name}: {needle}" for needle in map(str, (*local, Path.home())) if needle in text]
+        if path.suffix != ".safetensors":
+            found += [f"{path.name}: {hit}" for hit in local_paths_in(text)]
+    return found
+
+
+def test_local_verifier_without_verifier_id_is_published_as_its_base_name_with_a_loud_warning(measured, tmp_path, capsys):
+    """Regression (issue 13 item 9): the card and config.json carried the machine's verifier path."""
+    folder = local_verifier_checkpoint(measured, tmp_path / "ckpt")
+    out = tmp_path / "hub-ready"
+    assert spec_push.main([str(folder), REPO, "--bench", str(measured / "report.json"), "--to-dir", str(out)]) == 0
+    assert "vllm serve REPO` will not find it" in capsys.readouterr().err  # said loudly, on stderr
+    assert machine_paths_in(out, measured, tmp_path) == []
+    assert ckpt.read_config(out)["speculators_config"]["verifier"]["name_or_path"] == "./verifier"
+    card = (out / "README.md").read_text()
+    assert ModelCard(card).data.base_model is None and "## ⚠ `vllm serve` cannot find the verifier by itself" in card
+    assert "vllm serve org/tiny-spec\n" not in card and "vllm serve ./verifier --speculative-config" in card
+    assert validate(str(out)).ok
+
+
+def test_verifier_id_names_the_hub_verifier_and_no_published_file_has_a_local_path(measured, tmp_path, capsys):
+    """Regression (issue 13 item 9): no base_model, and `vllm serve REPO` could not resolve a local verifier."""
+    folder = local_verifier_checkpoint(measured, tmp_path / "ckpt")
+    out = tmp_path / "hub-ready"
+    args = [str(folder), REPO, "--bench", str(measured / "report.json"), "--to-dir", str(out), "--verifier-id", VERIFIER_ID]
+    assert spec_push.main(args) == 0
+    assert "NOT checked against the verifier this speculator was trained for" in capsys.readouterr().out  # not in the HF cache here
+    assert machine_paths_in(out, measured, tmp_path) == []
+    config = ckpt.read_config(out)
+    assert config["speculators_config"]["verifier"]["name_or_path"] == VERIFIER_ID
+    assert config["spec_tools"]["weights"] == ckpt.read_config(folder)["spec_tools"]["weights"]
+    card = (out / "README.md").read_text()
+    assert ModelCard(card).data.base_model == VERIFIER_ID and "vllm serve org/tiny-spec\n" in card
+    assert "NOT checked against the verifier this speculator was trained for" in card
+    # the card's file table lists the published bytes, not the local config.json's
+    published_sha = hashlib.sha256((out / "config.json").read_bytes()).hexdigest()
+    assert f"| `config.json` | {(out / 'config.json').stat().st_size:,} | `{published_sha}` |" in card
+    assert hashlib.sha256((folder / "config.json").read_bytes()).hexdigest() not in card
+    assert validate(str(out)).ok and validate(str(out)).facts["weight_digests"].startswith("verified")
+
+
+def hf_cache_copy(monkeypatch, root: Path, verifier: Path, repo_id: str) -> Path:
+    """A Hugging Face cache (HF_HUB_CACHE) on `root` holding `verifier`'s files as `repo_id`'s main revision."""
+    import huggingface_hub.constants
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("c0ffee" * 6 + "c0ff")
+    shutil.copytree(verifier, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    return snapshot
+
+
+def test_verifier_id_is_checked_against_its_copy_in_the_hf_cache(measured, tmp_path, monkeypatch):
+    folder = local_verifier_checkpoint(measured, tmp_path / "ckpt")
+    snapshot = hf_cache_copy(monkeypatch, tmp_path / "hub", measured / "verifier", VERIFIER_ID)
+    plan = plan_push(folder, [], PushOptions(REPO, verifier_id=VERIFIER_ID))
+    assert plan.gate.ok and any("the same verifier it was trained for" in line for line in plan.gate.checks)
+    assert "the same verifier it was trained for" in plan.card and plan.verifier_warning is None
+
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))  # another model under that id
+    plan = plan_push(folder, [], PushOptions(REPO, verifier_id=VERIFIER_ID))
+    assert any(p.startswith(f"--verifier-id {VERIFIER_ID}: its copy in the local Hugging Face cache is not the verifier") and "config_sha256" in p for p in plan.gate.problems)
+
+
+def test_verifier_id_must_be_a_hub_id(measured, tmp_path):
+    with pytest.raises(SpecError, match="--verifier-id .*: not a Hub repo id"):
+        plan_push(measured / "ckpt", [], PushOptions(REPO, verifier_id=str(measured / "verifier")))
+
+
+def test_local_paths_leave_hub_ids_urls_and_relative_names_alone():
+    from libspec.publish.local_paths import LocalPaths
+
+    paths = LocalPaths.for_names({"/data/models/Llama": "meta-llama/Llama"})
+    text = "spec-bench --verifier /data/models/Llama --speculator /scratch/me/out/best -o bench/report.json https://huggingface.co/org/x ~/notes.txt 3/4 tokens/s"
+    assert paths.text(text) == "spec-bench --verifier meta-llama/Llama --speculator best -o bench/report.json https://huggingface.co/org/x notes.txt 3/4 tokens/s"
 
 
 def test_number_formatting():
@@ -153,11 +248,12 @@ def test_dry_run_prints_exactly_the_files_and_the_card(measured, capsys):
     args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--dry-run"]
     assert spec_push.main([*args, "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    expected = {"config.json": measured / "ckpt" / "config.json", "model.safetensors": measured / "ckpt" / "model.safetensors", "bench/report.json": measured / "report.json"}
     files = {f["path"]: f for f in document["files"]}
-    assert set(files) == {"README.md", *expected}
-    for path, source in expected.items():
-        assert files[path]["bytes"] == source.stat().st_size and files[path]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert set(files) == {"README.md", "config.json", "model.safetensors", "bench/report.json"}
+    source = measured / "ckpt" / "model.safetensors"  # copied byte for byte
+    assert files["model.safetensors"]["bytes"] == source.stat().st_size and files["model.safetensors"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    # config.json and the report name this machine's verifier folder (the fixture's fingerprint): published rewritten
+    assert files["config.json"]["source"] is None and files["bench/report.json"]["source"] is None
     card = document["card"]
     assert files["README.md"]["sha256"] == hashlib.sha256(card.encode()).hexdigest()
     assert document["left_out"] == ["optimizer.pt"] and document["ok"] is True
@@ -328,11 +424,15 @@ def test_to_dir_writes_a_folder_that_validates_and_loads_back(measured, tmp_path
     args = [str(measured / "ckpt"), REPO, "--bench", str(measured / "report.json"), "--to-dir", str(out)]
     assert spec_push.main(args) == 0
     assert validate(str(out)).ok
+    assert validate(str(out)).facts["weight_digests"].startswith("verified: model.safetensors")  # copied bytes, recorded digests still true
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["README.md", "bench/report.json", "config.json", "model.safetensors"]
     original, copy = ckpt.load_tensors(measured / "ckpt"), ckpt.load_tensors(out)
     assert original.keys() == copy.keys() and all(torch.equal(original[n], copy[n]) for n in original)
-    assert ckpt.read_config(out) == ckpt.read_config(measured / "ckpt")
-    assert (out / "bench" / "report.json").read_bytes() == (measured / "report.json").read_bytes()
+    assert ckpt.read_config(out) == published_config(measured)
+    published_report = json.loads((out / "bench" / "report.json").read_text())
+    counts = lambda report: [(s["baseline"], s["runs"]) for s in report["prompt_sets"]]  # noqa: E731
+    assert counts(published_report) == counts(report_of(measured))  # the counts as measured; only paths taken out
+    assert str(measured) not in (out / "bench" / "report.json").read_text()
     assert "| prompt set |" in (out / "README.md").read_text()
 
     assert spec_push.main([*args, "--overwrite"]) == 0  # publishing again replaces the folder as a whole
@@ -358,6 +458,7 @@ def old_sharded_checkpoint(folder: Path, verifier: str) -> Path:
     for file, part in halves.items():
         safetensors.torch.save_file({n: tensors[n] for n in part}, str(folder / file))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: f for f, part in halves.items() for n in part}}))
+    (folder / "config.json").write_text(json.dumps(ckpt.with_weight_digests(ckpt.read_config(folder), folder)))  # the shards' digests
     (folder / "NOTES.md").write_text("why this run exists")
     (folder / "optimizer.pt").write_bytes(b"optimizer state")
     (folder / "logs").mkdir()
@@ -378,13 +479,23 @@ def test_to_dir_refuses_an_existing_checkpoint_unless_overwrite_then_keeps_other
     assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     assert spec_push.main([*args, "--overwrite"]) == 0
-    assert validate(str(out)).ok and ckpt.read_config(out) == ckpt.read_config(measured / "ckpt")
+    assert validate(str(out)).ok and ckpt.read_config(out) == published_config(measured)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "NOTES.md", "README.md", "config.json", "logs/train.log", "model.safetensors", "optimizer.pt",
     ]  # the old index and shards are gone with the old checkpoint; the other files stay, unchanged
     assert all((out / name).read_bytes() == before[name] for name in ("NOTES.md", "optimizer.pt", "logs/train.log"))
     assert (out / "model.safetensors").read_bytes() == (measured / "ckpt" / "model.safetensors").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_flipped_weight_byte_refuses_the_push(measured, tmp_path, capsys):
+    """Regression (issue 13 item 8): the weights' recorded sha256 is checked before anything is published."""
+    shutil.copytree(measured / "ckpt", tmp_path / "ckpt")
+    data = bytearray((tmp_path / "ckpt" / "model.safetensors").read_bytes())
+    data[-3] ^= 0x55
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(bytes(data))
+    plan = plan_push(tmp_path / "ckpt", [], PushOptions(REPO))
+    assert not plan.gate.ok and any("model.safetensors: sha256 " in p and "config.json records" in p for p in plan.gate.problems)
 
 
 def test_overwrite_needs_to_dir(measured):
@@ -573,10 +684,11 @@ def test_upload_commits_exactly_the_planned_files_once(measured, hub, capsys):
     assert hub.repos == {REPO: True}
     assert len(hub.commits) == 1 and hub.commits[0][:2] == (REPO, "dev")
     files = hub.committed_files()
-    expected = {"config.json": measured / "ckpt" / "config.json", "model.safetensors": measured / "ckpt" / "model.safetensors", "bench/report.json": measured / "report.json"}
-    assert set(files) == {"README.md", *expected}
-    for path, source in expected.items():
-        assert hashlib.sha256(files[path]).digest() == hashlib.sha256(source.read_bytes()).digest(), path
+    planned = {item.path_in_repo: item.sha256 for item in plan_push(measured / "ckpt", [measured / "report.json"], PushOptions(REPO)).items}
+    assert set(files) == set(planned)
+    for path in ("config.json", "model.safetensors", "bench/report.json"):  # the card differs only by its date
+        assert hashlib.sha256(files[path]).hexdigest() == planned[path], path
+    assert files["model.safetensors"] == (measured / "ckpt" / "model.safetensors").read_bytes()
     assert list(hub.lfs) == [hashlib.sha256((measured / "ckpt" / "model.safetensors").read_bytes()).hexdigest()]  # weights went by LFS
     card = files["README.md"].decode()
     assert ModelCard(card).data.base_model == VERIFIER_ID and "vllm serve org/tiny-spec\n" in card

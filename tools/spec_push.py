@@ -33,6 +33,13 @@ per-position acceptance, speedup measured and predicted, tokens/s, lossless, wit
 the bench command) and the provenance recorded in config.json. Every number is copied from the
 files by code; with no report the card says that nothing was measured.
 
+A speculator trained against a local verifier folder names that folder in config.json; published,
+that path would mean nothing elsewhere: --verifier-id ORG/NAME puts the verifier's Hub id in the
+published config.json and the card's base_model (checked against the recorded fingerprint when the
+Hub copy is in the local cache). Without it the folder's base name is published as `./NAME` and the
+card warns that `vllm serve REPO` will not find the verifier. No published file names an absolute
+path of this machine: any other is cut to its base name.
+
 Published: config.json, the weights (and their index), README.md, and the reports as bench/*.json.
 Other files in the folder are not uploaded, and neither is any file outside it: a weights index
 naming an absolute path, a `..` path or a link leading out of the folder is refused, even with
@@ -66,6 +73,10 @@ def build_parser():
                         help="a floor the --bench reports must show at the best k, e.g. humaneval:tau>=2.5 or mt-bench/math:speedup>=1.1 "
                              "(repeatable); a floor missed refuses the push, each floor met is listed in the card")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="with --to-dir: DIR may hold a checkpoint already; its checkpoint files (config.json, weights, index) and README.md and the bench reports written now are replaced, its other files (notes, optimizer states) stay. Without it a non-empty DIR is refused")
+    parser.add_argument("--verifier-id", metavar="ORG/NAME",
+                        help="the verifier's Hub id, for a speculator trained against a local copy: the published config.json names it "
+                             "(so `vllm serve REPO` finds it) and the card's base_model is it; checked against the trained-for verifier's "
+                             "fingerprint when its Hub copy is in the local Hugging Face cache (never downloaded), else said to be unchecked")  # fmt: skip
     parser.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
     return parser
 
@@ -79,10 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.to_dir:
         refuse_to_replace(args.to_dir, args.overwrite)  # before the gate: it can take a while
     floors = tuple(parse_floor(text) for text in args.require)
-    options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force, floors)
+    options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force, floors, args.verifier_id)
     with tempfile.TemporaryDirectory(prefix="spec-push-") as scratch:
         bench_paths = [_stdin_to_file(Path(scratch)) if path == "-" else path for path in args.bench]
         plan = plan_push(args.checkpoint, bench_paths, options)
+        if plan.verifier_warning:
+            stderr.print(f"[bold yellow]⚠ {escape(plan.verifier_warning)}[/]")
         if not plan.allowed:
             return _refuse(plan, args.json)
         if not args.json:

@@ -14,8 +14,9 @@ import safetensors
 import safetensors.torch
 import torch
 
+import libspec
 from libspec.format.atomic import atomic_directory, default_file_mode, write_text_atomic
-from libspec.format.digest import digest_file
+from libspec.format.digest import FileDigest, digest_file
 from libspec.format.json_files import read_json_object
 from libspec.format.paths import inside, read_weight_map
 from libspec.errors import SpecError
@@ -133,6 +134,63 @@ def weight_checksums(directory: str | Path) -> dict[str, str]:
     return {path.relative_to(directory).as_posix(): digest_file(path).sha256 for path in weight_files(directory)}
 
 
+def with_weight_digests(config: dict, directory: str | Path) -> dict:
+    """A copy of `config` whose `spec_tools.weights` records {file: {bytes, sha256}} for every weight file in `directory`."""
+    config = json.loads(json.dumps(config))
+    record = config.get("spec_tools")
+    if not isinstance(record, dict):
+        record = config["spec_tools"] = {"version": libspec.__version__, "format_version": libspec.FORMAT_VERSION}
+    directory = Path(directory)
+    record["weights"] = {
+        path.relative_to(directory).as_posix(): {"bytes": digest.num_bytes, "sha256": digest.sha256}
+        for path in weight_files(directory)
+        for digest in [digest_file(path)]
+    }
+    return config
+
+
+def recorded_weight_digests(config: dict) -> dict[str, FileDigest] | None:
+    """The weight digests config.json records (`spec_tools.weights`), or None when it records none (upstream's folders)."""
+    record = config.get("spec_tools")
+    weights = record.get("weights") if isinstance(record, dict) else None
+    if weights is None:
+        return None
+    if not isinstance(weights, dict):
+        raise SpecError(f"{CONFIG}: spec_tools.weights: expected an object file -> {{bytes, sha256}}, found {type(weights).__name__}")
+    digests = {}
+    for name, entry in weights.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
+            raise SpecError(f"{CONFIG}: spec_tools.weights[{name!r}]: expected {{\"bytes\": int, \"sha256\": hex}}, found {entry!r}")
+        digests[name] = FileDigest(entry["bytes"], entry["sha256"])
+    return digests
+
+
+def weight_digest_problems(directory: str | Path, config: dict) -> list[str] | None:
+    """One line per weight file whose size or sha256 differs from what config.json records, or that
+    it does not record; None when config.json records no digests at all."""
+    directory = Path(directory)
+    try:
+        recorded = recorded_weight_digests(config)
+    except SpecError as error:
+        return [str(error)]
+    if recorded is None:
+        return None
+    problems = []
+    present = {path.relative_to(directory).as_posix(): path for path in weight_files(directory)}
+    for name in sorted(set(present) - set(recorded)):
+        problems.append(f"{name}: no digest recorded in {CONFIG} spec_tools.weights, which lists {sorted(recorded)}")
+    for name, expected in sorted(recorded.items()):
+        if name not in present:
+            problems.append(f"{name}: recorded in {CONFIG} spec_tools.weights but not a weight file of this checkpoint")
+            continue
+        found = digest_file(present[name])
+        if found.num_bytes != expected.num_bytes:
+            problems.append(f"{name}: {found.num_bytes} bytes, {CONFIG} records {expected.num_bytes} (truncated or replaced?)")
+        elif found.sha256 != expected.sha256:
+            problems.append(f"{name}: sha256 {found.sha256}, {CONFIG} records {expected.sha256} (the file changed after it was written)")
+    return problems
+
+
 def tensor_headers(directory: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """Name -> (dtype, shape) of every weight, read from the safetensors headers only."""
     headers = {}
@@ -159,11 +217,16 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
 
 
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
-    """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement."""
+    """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement.
+
+    config.json is written last, with the size and sha256 of the weights just written in
+    `spec_tools.weights` (any digests `config` carried, e.g. from a converted source, are replaced).
+    """
     directory = Path(directory)
     with atomic_directory(directory) as staging:
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
+        config = with_weight_digests(config, staging)
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")

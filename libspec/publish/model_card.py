@@ -52,6 +52,7 @@ class CardInputs:
     date: str  # UTC, YYYY-MM-DD
     license: str | None = None
     forced: tuple[str, ...] = field(default_factory=tuple)  # gate problems pushed anyway with --force
+    verifier_warning: str | None = None  # why `vllm serve REPO` will not find the verifier (a local one, no --verifier-id)
 
 
 def render_card(inputs: CardInputs) -> str:
@@ -60,6 +61,7 @@ def render_card(inputs: CardInputs) -> str:
         front_matter(inputs),
         title(inputs),
         forced_warning(inputs.forced),
+        unresolved_verifier(inputs.verifier_warning),
         what_it_is(inputs.config, inputs.facts),
         how_to_serve(inputs.config, inputs.repo_id),
         measured(inputs.reports),
@@ -144,6 +146,15 @@ def forced_warning(problems: tuple[str, ...]) -> str:
         return ""
     lines = "\n".join(f"- {p}" for p in problems)
     return f"## ⚠ Published with `--force`\n\nThis upload did not pass spec-push's checks; these problems were skipped:\n\n{lines}"
+
+
+def unresolved_verifier(warning: str | None) -> str:
+    if not warning:
+        return ""
+    return (
+        "## ⚠ `vllm serve` cannot find the verifier by itself\n\n"
+        f"When this speculator was published, {warning}. Serve it with the explicit form below, naming your copy of the verifier."
+    )
 
 
 def what_it_is(config: dict, facts: dict) -> str:

@@ -10,6 +10,7 @@ exactly the bytes an upload would send.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from libspec.bench.report_check import check_report, identity_evidence
 from libspec.format.digest import digest_bytes, digest_file
 from libspec.bench.floors import Floor, check_floors
 from libspec.errors import SpecError
-from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, render_card, verifier_name
-from libspec.serving import is_hub_repo_id
+from libspec.publish.local_paths import LocalPaths
+from libspec.publish.model_card import CardInputs, MeasuredReport, PublishedFile, dig, render_card, verifier_name
+from libspec.serving import is_hub_repo_id, verifier_kind
 from libspec.validate.artifacts import validate
 
 CARD = "README.md"
@@ -42,6 +44,7 @@ class PushOptions:
     license: str | None = None
     force: bool = False
     floors: tuple[Floor, ...] = ()  # per-domain minimums the bench reports must show (libspec/bench/floors.py)
+    verifier_id: str | None = None  # the Hub id the published config.json names for the verifier (--verifier-id)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class PushPlan:
     items: list[UploadItem]
     card: str
     left_out: list[str]  # files of the checkpoint folder that are not published
+    verifier_warning: str | None = None  # said loudly when `vllm serve REPO` cannot find the verifier
 
     @property
     def allowed(self) -> bool:
@@ -90,19 +94,30 @@ class PushPlan:
 
 
 def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], options: PushOptions) -> PushPlan:
-    """Run the gate, list the files and render the card; nothing is written."""
+    """Run the gate, list the files and render the card; nothing is written.
+
+    No published file names a path of this machine: the local verifier becomes --verifier-id (or
+    `./BASENAME`), any other absolute path its base name (libspec.publish.local_paths).
+    """
     checkpoint_dir = Path(checkpoint_dir)
     gate = Gate()
     config = _gate_checkpoint(checkpoint_dir, gate)
-    checkpoint_items = [_file_item(path.relative_to(checkpoint_dir).as_posix(), path) for path in ckpt.checkpoint_files(checkpoint_dir)]
+    naming = name_verifier(config, options.verifier_id, gate)
+    paths = LocalPaths.for_names(naming.local_names)
+    published_config = _published_config(config, naming.published, paths)
+    sources = ckpt.checkpoint_files(checkpoint_dir)
+    checkpoint_items = [_file_item(path.relative_to(checkpoint_dir).as_posix(), path) for path in sources]
     weights = {item.path_in_repo: item.sha256 for item in checkpoint_items if item.path_in_repo.endswith(".safetensors")}
+    if published_config != config:  # the same weights; only config.json is rewritten (its digests still hold: SPEC.md §11.1)
+        checkpoint_items[0] = _content_item(ckpt.CONFIG, json.dumps(published_config, indent=2) + "\n")
     measured, report_items = _gate_reports(bench_paths, checkpoint_dir, config, weights, gate)
+    measured, report_items = _published_reports(measured, report_items, paths)
     _gate_floors(options.floors, measured, gate)
     items = checkpoint_items + report_items
     card = render_card(
         CardInputs(
             repo_id=options.repo_id,
-            config=config,
+            config=published_config,
             facts=parameter_counts(checkpoint_dir),
             files=tuple(PublishedFile(i.path_in_repo, i.num_bytes, i.sha256) for i in items),
             reports=tuple(measured),
@@ -111,12 +126,101 @@ def plan_push(checkpoint_dir: str | Path, bench_paths: Sequence[str | Path], opt
             date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
             license=options.license,
             forced=tuple(gate.problems) if options.force else (),
+            verifier_warning=naming.unresolved,
         )
     )
-    card_item = UploadItem(CARD, *_digest_text(card), content=card.encode("utf-8"))
-    published = {item.source.resolve() for item in checkpoint_items}
+    card = paths.text(card)
+    card_item = _content_item(CARD, card)
+    published = {path.resolve() for path in sources}
     left_out = sorted(str(p.relative_to(checkpoint_dir)) for p in checkpoint_dir.rglob("*") if p.is_file() and p.resolve() not in published)
-    return PushPlan(checkpoint_dir, options, gate, [card_item, *items], card, left_out)
+    return PushPlan(checkpoint_dir, options, gate, [card_item, *items], card, left_out, naming.unresolved)
+
+
+# ---- naming the verifier for the Hub ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifierNaming:
+    """What the published config.json names as the verifier, and which local paths it replaces."""
+
+    published: str | None
+    local_names: dict[str, str]  # local path as recorded -> what published files say instead
+    unresolved: str | None  # why `vllm serve REPO` will not find the verifier, or None
+
+
+def name_verifier(config: dict, verifier_id: str | None, gate: Gate) -> VerifierNaming:
+    """The verifier's published name: `verifier_id` (checked against the trained-for fingerprint when
+    the Hub copy is in the local cache), else a Hub id already recorded, else `./BASENAME` of the local folder."""
+    current = verifier_name(config)
+    recorded = dig(config, "spec_tools.verifier.name_or_path")
+    local = [name for name in dict.fromkeys((current, recorded)) if isinstance(name, str) and name and verifier_kind(name) == "local"]
+    unresolved = None
+    if verifier_id is not None:
+        if not is_hub_repo_id(verifier_id):
+            raise SpecError(f"--verifier-id {verifier_id!r}: not a Hub repo id (ORG/NAME, and no local path)")
+        _check_verifier_id(config, verifier_id, local, gate)
+        published = verifier_id
+    elif isinstance(current, str) and verifier_kind(current) == "local":
+        published = "./" + (Path(current.rstrip("/")).expanduser().name or "verifier")
+        unresolved = (
+            f"the verifier is the local folder {published!r} (its absolute path is not published): `vllm serve REPO` "
+            "will not find it and the card names no base_model; pass --verifier-id ORG/NAME to name its Hub id"
+        )
+        gate.notes.append(unresolved)
+    else:
+        published = current
+        if not is_hub_repo_id(current):
+            gate.notes.append(f"the verifier {current!r} is not a Hub id: the card names no base_model")
+    return VerifierNaming(published, {name: published for name in local if published}, unresolved)
+
+
+def _check_verifier_id(config: dict, verifier_id: str, local: list[str], gate: Gate) -> None:
+    """Compare the Hub copy of `verifier_id` in the local HF cache (never downloaded) with the verifier
+    the speculator was trained for; say so when either side is not on this machine."""
+    from libspec.validate.gate_verifier import local_verifier_dir
+    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier
+
+    expected = None
+    try:
+        expected = VerifierFingerprint.from_dict(dig(config, "spec_tools.verifier"))
+    except (KeyError, TypeError):
+        folder = next((Path(name).expanduser() for name in local if Path(name).expanduser().is_dir()), None)
+        expected = fingerprint_verifier(str(folder)) if folder is not None else None
+    cached = local_verifier_dir(verifier_id)
+    if expected is None or cached is None or not (cached / "config.json").is_file():
+        why = "config.json records no verifier fingerprint" if expected is None else "it is not in the local Hugging Face cache (spec-push never downloads)"
+        line = f"--verifier-id `{verifier_id}`: NOT checked against the verifier this speculator was trained for: {why}; make sure it is the same model"
+        gate.checks.append(line)
+        gate.notes.append(line)
+        return
+    differences = fingerprint_differences(expected, fingerprint_verifier(str(cached)))
+    if differences:
+        gate.checkpoint_problems.append(
+            f"--verifier-id {verifier_id}: its copy in the local Hugging Face cache is not the verifier this speculator was trained for ({'; '.join(differences)})"
+        )
+    else:
+        gate.checks.append(f"--verifier-id `{verifier_id}`: the same verifier it was trained for (fingerprint of the copy in the local Hugging Face cache: config.json and tokenizer sha256)")
+
+
+def _published_config(config: dict, verifier: str | None, paths: LocalPaths) -> dict:
+    """config.json as published: the verifier named `verifier`, and no path of this machine."""
+    published = paths.json(config)
+    if verifier is not None and isinstance(dig(published, "speculators_config.verifier"), dict):
+        published["speculators_config"]["verifier"]["name_or_path"] = verifier
+    return published
+
+
+def _published_reports(measured: list, items: list, paths: LocalPaths) -> tuple[list, list]:
+    """Bench reports as published: byte for byte unless they name a path of this machine, then with it replaced."""
+    out_measured, out_items = [], []
+    for report, item in zip(measured, items):
+        clean = paths.json(report.report)
+        if clean != report.report:
+            report = MeasuredReport(report.path_in_repo, clean, report.problems)
+            item = _content_item(item.path_in_repo, json.dumps(clean, indent=2) + "\n")
+        out_measured.append(report)
+        out_items.append(item)
+    return out_measured, out_items
 
 
 def _gate_checkpoint(checkpoint_dir: Path, gate: Gate) -> dict:
@@ -130,13 +234,7 @@ def _gate_checkpoint(checkpoint_dir: Path, gate: Gate) -> dict:
     interop_problems, interop_checks = interop_gate(checkpoint_dir)
     gate.checkpoint_problems += interop_problems
     gate.checks += interop_checks
-    config = ckpt.read_config(checkpoint_dir)
-    if not is_hub_repo_id(verifier_name(config)):
-        gate.notes.append(
-            f"the verifier {verifier_name(config)!r} is not a Hub id: the card names no base_model and gives only the "
-            "explicit `vllm serve VERIFIER --speculative-config ...` form"
-        )
-    return config
+    return ckpt.read_config(checkpoint_dir)
 
 
 def parameter_counts(checkpoint_dir: Path) -> dict:
@@ -213,9 +311,11 @@ def _file_item(path_in_repo: str, source: Path) -> UploadItem:
     return UploadItem(path_in_repo, digest.num_bytes, digest.sha256, source=source)
 
 
-def _digest_text(text: str) -> tuple[int, str]:
-    digest = digest_bytes(text.encode("utf-8"))
-    return digest.num_bytes, digest.sha256
+def _content_item(path_in_repo: str, text: str) -> UploadItem:
+    """A generated file (the card, a rewritten config.json or report): its bytes are what the plan lists."""
+    content = text.encode("utf-8")
+    digest = digest_bytes(content)
+    return UploadItem(path_in_repo, digest.num_bytes, digest.sha256, content=content)
 
 
 def _refuse_unless_allowed(plan: PushPlan) -> None:

@@ -221,6 +221,7 @@ def _check_stream(report: Report, stdin: BinaryIO | None) -> None:
 
 def _check_checkpoint(report: Report) -> None:
     config = ckpt.read_config(report.path)
+    _check_weight_digests(report, config)
     model_type = algorithm_name(config)
     if model_type != eagle.ALGORITHM:  # EAGLE-1 folders are plain HF configs, not speculators configs
         report.problems.extend(f"{ckpt.CONFIG} {p}" for p in schema_problems("speculator-config", config))
@@ -239,6 +240,19 @@ def _check_checkpoint(report: Report) -> None:
         _check_weight_values(report, config, algorithm)
     report.facts.update(algorithm.checkpoint_facts(config, verifier_layers=verifier_layers))
     report.facts.update({"num_tensors": len(headers), "parameters": sum(_numel(shape) for _, shape in headers.values())})
+
+
+def _check_weight_digests(report: Report, config: dict) -> None:
+    """Every weight file against the size and sha256 config.json records (SPEC.md §11.1 spec_tools.weights);
+    a folder that records none (upstream's) is said to, as a fact."""
+    problems = ckpt.weight_digest_problems(report.path, config)
+    if problems is None:
+        report.facts["weight_digests"] = f"no digests recorded ({ckpt.CONFIG} has no spec_tools.weights): a changed weight file cannot be detected"
+        return
+    report.problems.extend(problems)
+    if not problems:
+        names = ", ".join(sorted(ckpt.recorded_weight_digests(config) or {}))
+        report.facts["weight_digests"] = f"verified: {names} match the size and sha256 {ckpt.CONFIG} records"
 
 
 def _verifier_layers(config: dict) -> int | None:
