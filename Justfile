@@ -88,7 +88,7 @@ demo OUT="out/demo" PROMPTS="320" EPOCHS="4" N="8": real-extra
     step "6/6 spec-bench: τ and speedup vs the verifier alone on MT-Bench and HumanEval, k = 1..3, output checked lossless"
     spec-bench --verifier "$verifier" --speculator "$out/train/best" --prompts mt-bench:{{N}} humaneval:{{N}} \
         --k 1-3 --max-new-tokens 64 -o "$out/report.json" --plot "$out/report.png" --write-best-k
-    spec-push "$out/train/best" spec-tools/demo-smollm2.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" >/dev/null
+    spec-push "$out/train/best" spec-tools/demo-smollm2.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" --overwrite >/dev/null
     printf "\nreport: %s  plot: %s  Hub-ready folder and card: %s\n" "$out/report.json" "$out/report.png" "$out/hub-ready/" >&2
 
 # spec-validate on a checkpoint, plus vLLM's and upstream's own loaders when the gates are installed
@@ -136,7 +136,7 @@ demo-toy OUT="out/demo-toy" RECORDS="1000" STEPS="0":
     step "6/6 spec-bench: τ and speedup vs the verifier alone, k = 1..4, output checked lossless"
     spec-bench --verifier "$verifier" --speculator "$out/train/best" --prompts "$out/prompts-code.jsonl" "$out/prompts-chat.jsonl" \
         --k 1-4 --max-new-tokens 96 -o "$out/report.json" --plot "$out/report.png" --write-best-k
-    spec-push "$out/train/best" spec-tools/demo-verifier.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" >/dev/null
+    spec-push "$out/train/best" spec-tools/demo-verifier.eagle3 --bench "$out/report.json" --to-dir "$out/hub-ready" --overwrite >/dev/null
     printf "\nreport: %s  plot: %s  Hub-ready folder and card: %s\n" "$out/report.json" "$out/report.png" "$out/hub-ready/" >&2
 
 # spec-gen-hidden time per token vs a bare verifier forward, and bytes per token on disk
