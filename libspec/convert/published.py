@@ -61,6 +61,7 @@ def _entry(layout: str) -> dict:
 
 def draft_config(layout: str, scale: str = "full") -> dict:
     """The published draft config, as checked in (full) or scaled down (tiny)."""
+    _entry(layout)
     config = json.loads((CORPUS / layout / "config.json").read_text())
     return config if scale == "full" else scale_down(config)
 
