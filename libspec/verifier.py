@@ -123,7 +123,10 @@ class VerifierFingerprint:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VerifierFingerprint":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "weights"}, weights=data.get("weights"))
+        weights = data.get("weights")
+        if weights is not None and not (isinstance(weights, dict) and all(isinstance(v, dict) for v in weights.values())):
+            raise TypeError("weights: expected a map of file name to digests")  # callers treat it as an incomplete record
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "weights"}, weights=weights)
 
 
 def fingerprint_verifier(name_or_path: str, like: VerifierFingerprint | None = None) -> VerifierFingerprint:

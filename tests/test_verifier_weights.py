@@ -17,7 +17,8 @@ import safetensors.torch
 import torch
 
 import libspec.verifier_weights as verifier_weights
-from libspec.format.dataset import MANIFEST
+from libspec.errors import SpecError
+from libspec.format.dataset import MANIFEST, read_manifest
 from libspec.verifier import fingerprint_differences, fingerprint_verifier, weights_not_checked
 from libspec.verifier_weights import WINDOW_BYTES, digest_weights, sample_windows, sampled_sha256
 from verifier_data import make_dataset, make_verifier, pattern_records
@@ -91,6 +92,17 @@ def test_data_recorded_without_a_weights_digest_trains_with_a_one_line_warning(c
     assert warnings == [f"spec-train: warning: {old}: the verifier's weights could not be checked: the data records no weights digest (made before spec-tools recorded one)"]
     recorded = json.loads((tmp_path / "run" / "checkpoint-epoch-0" / "config.json").read_text())["spec_tools"]["verifier"]
     assert "weights" not in recorded  # the checkpoint claims no more than the data knew
+
+
+@pytest.mark.parametrize("weights", [{"model.safetensors": {"bytes": 1}}, {"model.safetensors": {"bytes": 1, "sha256": "not hex"}}, ["model.safetensors"]])
+def test_a_malformed_weights_digest_in_a_manifest_is_a_one_line_error(captured, tmp_path, weights):
+    data = tmp_path / "data"
+    shutil.copytree(captured[1], data)
+    manifest = json.loads((data / MANIFEST).read_text())
+    manifest["verifier"]["weights"] = weights
+    (data / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SpecError, match=rf"^{data / MANIFEST}.*weights"):
+        read_manifest(data)
 
 
 def fake_hub_snapshot(cache: Path, content: bytes, name: str = "model.safetensors") -> Path:
