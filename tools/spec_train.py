@@ -8,6 +8,7 @@ import shlex
 import sys
 from typing import Sequence
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from libspec.algorithms import trainable_algorithms, training_for
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     draft = options_from_args(options_class, args)
     config = options_from_args(TrainConfig, args, data=args.data, verifier=args.verifier, output=args.output, draft=draft)
     main_rank = os.environ.get("RANK", "0") == "0"
-    display = LiveDisplay(enabled=main_rank and not args.json)
+    display = LiveDisplay(enabled=main_rank and not args.json, warnings=main_rank)
     with display:
         result = train(config, on_event=display.event, command=shlex.join(["spec-train", *(sys.argv[1:] if argv is None else argv)]))
     if main_rank:
@@ -77,8 +78,9 @@ def _algorithm_of(argv: Sequence[str] | None) -> str:
 class LiveDisplay:
     """A progress bar on stderr whose line shows the latest loss, accuracies and tau_sim."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, warnings: bool = True):
         self.enabled = enabled
+        self.warnings = warnings  # shown on stderr even with --json (one rank only)
         self.progress = Progress(
             TextColumn("[bold]spec-train[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.description}"), console=stderr, transient=False,
@@ -95,6 +97,8 @@ class LiveDisplay:
             self.progress.__exit__(*exc)
 
     def event(self, kind: str, payload: dict) -> None:
+        if kind == "warning" and self.warnings:
+            stderr.print(f"[bold yellow]spec-train: warning:[/] {escape(payload['message'])}", soft_wrap=True)
         if not self.enabled:
             return
         if kind == "start":

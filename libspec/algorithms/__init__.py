@@ -77,7 +77,7 @@ def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint:
     problems its algorithm cannot run with at all (sizes, aux layers out of range); differences between
     the verifier fingerprint recorded in spec_tools.verifier and this verifier's (SPEC.md §3)."""
     from libspec.format import checkpoint as ckpt
-    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, read_model_config, resolve_model_dir
+    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, read_model_config, resolve_model_dir, weights_not_checked
 
     config = ckpt.read_config(checkpoint_dir)
     package = ALGORITHMS.get(algorithm_name(config))
@@ -86,10 +86,13 @@ def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint:
     recorded = (config.get("spec_tools") or {}).get("verifier")
     if not isinstance(recorded, dict):
         return problems, []  # not trained by spec-tools: nothing recorded to compare
-    fingerprint = fingerprint or fingerprint_verifier(verifier_name_or_path)
     try:
-        differences = fingerprint_differences(VerifierFingerprint.from_dict(recorded), fingerprint)
+        expected = VerifierFingerprint.from_dict(recorded)
+        if fingerprint is None or (expected.weights is not None and weights_not_checked(expected, fingerprint)):  # digest the weights the way the record did
+            fingerprint = fingerprint_verifier(verifier_name_or_path, like=expected)
+        differences = fingerprint_differences(expected, fingerprint)
     except (KeyError, TypeError):  # a partial record (an EAGLE-1 folder keeps name and architectures): compare what it has
+        fingerprint = fingerprint or fingerprint_verifier(verifier_name_or_path)
         keys = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "vocab_size")
         differences = [f"{k}: {recorded[k]!r} vs {getattr(fingerprint, k)!r}" for k in keys if k in recorded and recorded[k] != getattr(fingerprint, k)]
     return problems, differences
