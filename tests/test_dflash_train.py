@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,6 @@ from libspec.train.loop import build_draft, prepare, train
 from libspec.train.packing import PackedBatch, build_batch
 from verifier_data import greedy_records, load_verifier, make_dataset, make_verifier
 
-REPO = Path(__file__).resolve().parent.parent
 WIDER = {**TINY_LLAMA, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
 MASK_ID = 63  # the tiny verifier's stand-in tokenizer cannot be loaded, so the tests name the mask token
 BLOCK = 4
@@ -214,29 +211,42 @@ def test_refuses_aux_layer_zero():
         draft_config(DFlashTrainOptions(mask_token_id=5), TINY_LLAMA, "verifier", [0, 1], 64, "float32", {})
 
 
-def test_kill_9_mid_epoch_then_the_same_command_ends_with_identical_weights(setup, tmp_path):
-    changes = {"epochs": 2, "save_every": 5, "tokens_per_batch": 64, "max_anchors": 8}  # ~40 steps per epoch, anchors subsampled
-    train(dflash_config(setup, tmp_path / "whole", **changes))
+def test_spec_train_command_line_takes_the_dflash_options(setup, tmp_path, capsys):
+    from tools import spec_train
+
     _, verifier_dir, data = setup
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "tools.spec_train", "--algorithm", "dflash", "--data", str(data), "--verifier", str(verifier_dir),
-               "-o", str(out), "--aux-layer-ids", "1,2,3", "--num-layers", "1", "--block-size", str(BLOCK), "--mask-token-id", str(MASK_ID),
-               "--lr", "1e-2", "--val-fraction", "0.1", "--save-dtype", "float32", "--epochs", "2", "--save-every", "5",
-               "--tokens-per-batch", "64", "--max-anchors", "8"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        metrics = out / "metrics.jsonl"
+    out = tmp_path / "run"
+    argv = ["--algorithm", "dflash", "--data", str(data), "--verifier", str(verifier_dir), "-o", str(out), "--aux-layer-ids", "1,2,3",
+            "--num-layers", "2", "--block-size", "3", "--mask-token-id", "7", "--position-weighting", "decay", "--decay-gamma", "2",
+            "--max-steps", "2", "--save-dtype", "float32", "--json"]  # fmt: skip
+    assert spec_train.main(argv) == 0
+    config = ckpt.read_config(out / "best")
+    assert (config["block_size"], config["mask_token_id"], config["transformer_layer_config"]["num_hidden_layers"]) == (3, 7, 2)
+    recorded = config["spec_tools"]["training"]["config"]
+    assert (recorded["position_weighting"], recorded["decay_gamma"], recorded["algorithm"]) == ("decay", 2.0, "dflash")
+
+
+def test_kill_9_mid_epoch_then_the_same_run_ends_with_identical_weights(setup, tmp_path):
+    """A forked child (no interpreter start-up) trains and is killed with SIGKILL after its step-10 state; rerunning resumes."""
+    import multiprocessing
+
+    changes = {"epochs": 2, "save_every": 5, "tokens_per_batch": 64, "max_anchors": 8}  # ~54 steps per epoch, anchors subsampled
+    train(dflash_config(setup, tmp_path / "whole", **changes))
+    config = dflash_config(setup, tmp_path / "killed", **changes)
+    process = multiprocessing.get_context("fork").Process(target=train, args=(config,))
+    process.start()
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.is_alive():
         if metrics.is_file() and metrics.read_text().count("\n") >= 13:  # past the state saved at step 10, mid-epoch
             break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    assert process.exitcode == -signal.SIGKILL, "the run finished before it could be killed"
 
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step" in resumed.stderr
-    a, b = ckpt.load_tensors(tmp_path / "whole" / "checkpoint-epoch-1"), ckpt.load_tensors(out / "checkpoint-epoch-1")
+    events = []
+    train(config, on_event=lambda kind, payload: events.append((kind, payload)))
+    assert events[0][0] == "start" and events[0][1]["resumed_at_step"] >= 10
+    a, b = ckpt.load_tensors(tmp_path / "whole" / "checkpoint-epoch-1"), ckpt.load_tensors(tmp_path / "killed" / "checkpoint-epoch-1")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
