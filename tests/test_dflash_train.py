@@ -16,7 +16,7 @@ from gates import assert_servable
 from libspec.algorithms.dflash.config import DFlashOptions, make_config
 from libspec.algorithms.dflash.model import DFlashDraft, DFlashProposer, load_proposer
 from libspec.algorithms.dflash.train import (
-    AnchoredBlocks, DFlashTrainOptions, block_counts, default_aux_layer_ids, draft_config, position_weights, resolve_mask_token_id, step_metrics,
+    AnchoredBlocks, DFlashTrainOptions, block_counts, build_objective, default_aux_layer_ids, draft_config, position_weights, resolve_mask_token_id, step_metrics,
 )  # fmt: skip
 from libspec.algorithms.eagle3.config import draft_layer_config
 from libspec.bench.decoding import DecodingVerifier, autoregressive_generate, speculative_generate
@@ -196,6 +196,47 @@ def test_checkpoints_record_the_block_and_pass_spec_validate_and_the_gates(train
     assert config["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == BLOCK - 1
     assert config["spec_tools"]["training"]["config"]["position_weighting"] == "dpace"
     assert_servable(out / "best", out / "checkpoint-epoch-7")
+
+
+def test_the_loss_equals_upstream_speculators_loss_on_the_same_blocks(setup, trained, tmp_path):
+    """Forward, masks, positions, targets and both position weightings, checked against upstream's DFlash trainer."""
+    import dataclasses
+    import json
+    import subprocess
+
+    from gates import require_gates
+    from libspec.format.sample_table import open_sample_table
+    from libspec.train.teacher import load_verifier_head
+    from libspec.train.vocab_map import VocabMap
+    from libspec.validate.gates import gate_python
+
+    require_gates()
+    _, verifier_dir, data = setup
+    best = Path(trained.output) / "best"
+    table, draft = open_sample_table(str(data)), load_proposer(best, load_verifier(verifier_dir)).draft.float()
+    head, layers = load_verifier_head(str(verifier_dir)), [0, 1, 2, 3]  # the data's columns: layers 1, 2, 3 (aux) and 4
+    inputs, ours = {}, {"dpace": [], "decay": []}
+    for index in range(3):
+        record, hidden = table.records[index], table.hidden(index, layers).float()
+        length, batch = len(record["input_ids"]), build_batch([(table.records[index], hidden)], [0, 1, 2], 3, 10_000)
+        blocks = AnchoredBlocks.select(batch, BLOCK, 10_000, None)
+        keep = blocks.anchors + 1 < length - BLOCK  # upstream never anchors in the last block_size tokens
+        blocks = AnchoredBlocks(*(getattr(blocks, f.name)[keep] for f in dataclasses.fields(blocks)))
+        for weighting in ours:
+            objective = build_objective(draft, head, VocabMap(torch.arange(64), 64), DFlashTrainOptions(block_size=BLOCK, position_weighting=weighting))
+            with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+                patch.setattr(AnchoredBlocks, "select", classmethod(lambda cls, *args: blocks))
+                ours[weighting].append(float(objective.eval()(batch)[0]))
+        inputs.update({f"{index}.anchors": blocks.anchors + 1, f"{index}.input_ids": torch.tensor([record["input_ids"]]),
+                       f"{index}.loss_mask": torch.tensor([record["loss_mask"]]), f"{index}.hidden_states": hidden[None, :, :3].flatten(2),
+                       f"{index}.verifier_last_hidden_states": hidden[None, :, 3]})  # fmt: skip
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = Path(__file__).with_name("upstream_dflash_loss.py")
+    result = subprocess.run([str(gate_python()), str(script), str(best), str(verifier_dir), str(tmp_path / "inputs.pt")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    upstream = json.loads(result.stdout.strip().splitlines()[-1])
+    for weighting, losses in ours.items():
+        assert losses == pytest.approx(upstream[weighting], rel=1e-5), weighting
 
 
 def test_reduced_vocabulary_draft_is_servable(setup, tmp_path):
