@@ -289,8 +289,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     path = resolve_model_dir(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise SpecError(f"{name_or_path}: cannot load its tokenizer: {error}") from None
+    except (OSError, ValueError, KeyError) as error:  # KeyError: a tokenizer.json transformers cannot read (no added_tokens)
+        raise SpecError(f"{name_or_path}: cannot load its tokenizer: {type(error).__name__}: {error}") from None
 
 
 def _token_ids(values) -> set[int]:

@@ -1,4 +1,4 @@
-"""spec-train: train an EAGLE-3 draft for a verifier from a spec-tools data set or stream."""
+"""spec-train: train an EAGLE-3 or DFlash draft for a verifier from a spec-tools data set or stream."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from libspec.train.loop import TrainResult, train
 from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout
 
 DESCRIPTION = """\
-Train an EAGLE-3 draft (speculator) for VERIFIER on hidden states captured by spec-gen-hidden.
+Train an EAGLE-3 (default) or DFlash draft (speculator) for VERIFIER on hidden states captured
+by spec-gen-hidden.
 
 Checks first that the data was made by this verifier (fingerprint), has its hidden size, and
-captured the aux layers and the last layer the teacher needs. Then trains with test-time-training
-steps against the verifier's own distribution, writing SPEC.md checkpoints that `vllm serve`
-runs as they are:
+captured the aux layers and the last layer the teacher needs. Then trains against the verifier's
+own head (EAGLE-3: test-time-training steps; DFlash: anchored blocks of mask tokens, one pass per
+block), writing SPEC.md checkpoints that `vllm serve` runs as they are:
 
   OUT/checkpoint-epoch-E/   after every epoch         OUT/best -> the best one (validation tau_sim)
   OUT/checkpoint-step-N/    every --save-every steps  OUT/metrics.jsonl  one line per step
@@ -38,6 +39,7 @@ examples:
   spec-train --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-eagle3 --epochs 3
   spec-gen-hidden ... -o - | spec-train --data - --verifier V -o runs/x
   torchrun --nproc-per-node 2 -m tools.spec_train --data data/ --verifier V -o runs/x
+  spec-train --algorithm dflash --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-dflash --aux-layer-ids 2,10,18,26,34
   vllm serve V --speculative-config '{"method": "eagle3", "model": "runs/x/best", "num_speculative_tokens": 3}'"""
 
 

@@ -12,7 +12,7 @@ What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
   (verifier_layers: the verifier's layer count when spec-validate knows it, else None)
   load_proposer(checkpoint_dir, verifier_model, dtype)   a drafter for the decoding engine
   training                                       its training module, or None if spec-train cannot train it:
-      Options (an options dataclass, see libspec/options.py), draft_config, build_draft,
+      Options (an options dataclass, see libspec/options.py), default_aux_layer_ids(depth, options), draft_config, build_draft,
       build_objective (a module whose forward(batch) is one step's loss and counts),
       step_metrics, complete_counts, fsdp_units
 """

@@ -396,7 +396,7 @@ def _verifier_for(table: SampleTable, config: TrainConfig, warnings: list[str]) 
 
 def _aux_layers(config: TrainConfig, captured: list[int], depth: int) -> list[int]:
     """The aux layer ids (requested or the algorithm's default), checked against what the data captured."""
-    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else training_for(config.algorithm).default_aux_layer_ids(depth)
+    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else training_for(config.algorithm).default_aux_layer_ids(depth, config.draft)
     if aux != sorted(set(aux)) or any(not 0 <= i <= depth for i in aux):
         raise SpecError(f"--aux-layer-ids {aux}: expected ascending distinct ids in [0, {depth}]")
     missing = [i for i in aux if i not in captured]

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, default_aux_layer_ids, make_config
+from libspec.algorithms.eagle3 import config as eagle3_config
+from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, make_config
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.layers import DocumentSpans, DraftCache
 from libspec.errors import SpecError
@@ -224,6 +225,11 @@ def derive_metrics(counts: dict[str, float], steps: int, step_decay: float = 1.0
 
 Options = Eagle3TrainOptions
 __all__ = ["Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
+
+
+def default_aux_layer_ids(num_hidden_layers: int, options: Eagle3TrainOptions) -> list[int]:
+    """EAGLE-3's default aux layers [2, n//2, n-3] (eagle3.config), whatever the options."""
+    return eagle3_config.default_aux_layer_ids(num_hidden_layers)
 
 
 def draft_config(options: Eagle3TrainOptions, verifier_config: dict, verifier_name: str, aux_layer_ids: list[int],
