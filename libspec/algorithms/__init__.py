@@ -14,7 +14,8 @@ What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
   training                                       its training module, or None if spec-train cannot train it:
       Options (an options dataclass, see libspec/options.py), default_aux_layer_ids(depth, options), draft_config, build_draft,
       build_objective (a module whose forward(batch) is one step's loss and counts),
-      step_metrics, complete_counts, fsdp_units
+      step_metrics, complete_counts, fsdp_units, FULL_VOCABULARY (True: the draft's logits come from the
+      verifier's own lm_head, so spec-train builds no reduced draft vocabulary)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from libspec.verifier import VerifierFingerprint
 
 # The registry: the package names under libspec/algorithms/. "eagle" is EAGLE-1/2/HASS, a plain HF
-# folder for vLLM's method "eagle" (SPEC.md §11.5).
+# folder for vLLM's method "eagle" (SPEC.md §11.6).
 NAMES = ("eagle3", "dflash", "eagle")
 ALGORITHMS: dict[str, ModuleType] = {name: importlib.import_module(f"libspec.algorithms.{name}") for name in NAMES}
 

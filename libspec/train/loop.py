@@ -285,8 +285,7 @@ def prepare(config: TrainConfig, stdin=None) -> Run:
     depth = lm["num_hidden_layers"]
     aux = _aux_layers(config, table.layer_ids, depth)
     train_indices, val_indices = _split_records(table, config)
-    supervised = count_supervised_tokens((table.records[i] for i in train_indices), lm["vocab_size"])
-    vocab = build_vocab_map(supervised, choose_draft_vocab_size(config.draft_vocab_size, lm["vocab_size"]))
+    vocab = _draft_vocabulary(config, algorithm, table, train_indices, lm["vocab_size"])
     draft_config = algorithm.draft_config(
         config.draft, head.config, _verifier_name(config.verifier), aux, vocab.draft_vocab_size, config.save_dtype, _spec_tools_record(config, table)
     )
@@ -399,12 +398,29 @@ def _aux_layers(config: TrainConfig, captured: list[int], depth: int) -> list[in
     aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else training_for(config.algorithm).default_aux_layer_ids(depth, config.draft)
     if aux != sorted(set(aux)) or any(not 0 <= i <= depth for i in aux):
         raise SpecError(f"--aux-layer-ids {aux}: expected ascending distinct ids in [0, {depth}]")
+    if depth not in captured:  # every algorithm's teacher (and EAGLE-1's input) reads it: name it first
+        raise SpecError(
+            f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs; "
+            f"recapture with spec-gen-hidden --layers including {depth}"
+        )
     missing = [i for i in aux if i not in captured]
     if missing:
         raise SpecError(f"{config.data}: captured layers {captured} lack aux layer(s) {missing}; recapture with them or pass --aux-layer-ids from {captured}")
-    if depth not in captured:
-        raise SpecError(f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs")
     return aux
+
+
+def _draft_vocabulary(config: TrainConfig, algorithm: ModuleType, table: SampleTable, train_indices: list[int], vocab_size: int) -> VocabMap:
+    """The draft's vocabulary: the most frequent supervised tokens (--draft-vocab-size), or the whole
+    vocabulary for an algorithm that drafts through the verifier's own lm_head."""
+    if algorithm.FULL_VOCABULARY:
+        if config.draft_vocab_size not in (None, vocab_size):
+            raise SpecError(
+                f"--draft-vocab-size {config.draft_vocab_size}: --algorithm {config.algorithm} drafts over the verifier's whole "
+                f"vocabulary ({vocab_size}) through its lm_head; leave --draft-vocab-size out"
+            )
+        return VocabMap(torch.arange(vocab_size), vocab_size)
+    supervised = count_supervised_tokens((table.records[i] for i in train_indices), vocab_size)
+    return build_vocab_map(supervised, choose_draft_vocab_size(config.draft_vocab_size, vocab_size))
 
 
 def _verifier_name(given: str) -> str:

@@ -222,7 +222,8 @@ def resolve_mask_token_id(requested: int | None, verifier_name: str, vocab_size:
 # ---- the entry points spec-train calls (libspec/train/loop.py, through libspec.algorithms) ----
 
 Options = DFlashTrainOptions
-__all__ = ["Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
+FULL_VOCABULARY = False  # the draft has its own lm_head, over a reduced vocabulary by default above 32k tokens
+__all__ = ["Options", "FULL_VOCABULARY", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
 
 
 def default_aux_layer_ids(num_hidden_layers: int, options: DFlashTrainOptions) -> list[int]:
