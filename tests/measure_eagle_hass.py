@@ -6,7 +6,7 @@ Trains EAGLE-1 exactly as tests/test_eagle_train.py does (same verifier, records
 plain and with each HASS option (--hass-topk 10, --hass-align-steps 3, both), and EAGLE-3 (aux
 layers 1-3, 3 TTT steps) without and with --hass-topk 10, for every seed, then
 measures tau = 1 + accepted / rounds on the test's 10 held-out prompts (k = 3, 24 new tokens,
-greedy). Prints one JSON line per run and one per variant with the mean over seeds. Runs already
+greedy), next to the best checkpoint's validation tau_sim. Prints one JSON line per run and one per variant with the mean over seeds. Runs already
 in WORK_DIR are reused. A measurement, not a test: the real-model comparison is spec-bench's job.
 """
 
@@ -57,15 +57,18 @@ def main() -> None:
     setup = (model, verifier_dir, data)
     prompts = [record["input_ids"][:4] for record in greedy_records(model, 10, seed=99, new_tokens=0)]
     for name, changes in VARIANTS.items():
-        taus = []
+        taus, sims = [], []
         for seed in map(int, args.seeds.split(",")):
             out = args.work / f"{name}-seed{seed}-epochs{args.epochs}"
             started = time.perf_counter()
             if not (out / "best").exists():
                 train(eagle_config(setup, out, seed=seed, epochs=args.epochs, **changes))
             taus.append(tau(model, load_proposer(out / "best", model), prompts)[0])
-            print(json.dumps({"variant": name, "seed": seed, "tau": round(taus[-1], 4), "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-        print(json.dumps({"variant": name, "options": changes, "epochs": args.epochs, "mean_tau": round(sum(taus) / len(taus), 4), "taus": [round(t, 4) for t in taus]}), flush=True)
+            sims.append(json.loads((out / "best.json").read_text())["value"])  # the best checkpoint's validation tau_sim
+            print(json.dumps({"variant": name, "seed": seed, "tau": round(taus[-1], 4), "val_tau_sim": round(sims[-1], 4),
+                              "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
+        print(json.dumps({"variant": name, "options": changes, "epochs": args.epochs, "mean_tau": round(sum(taus) / len(taus), 4),
+                          "mean_val_tau_sim": round(sum(sims) / len(sims), 4), "taus": [round(t, 4) for t in taus]}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from conftest import TINY_LLAMA
 from gates import assert_servable
 from libspec.algorithms.eagle import config as eagle
 from libspec.algorithms.eagle.model import EagleDraft, EagleProposer, load_proposer
-from libspec.algorithms.eagle.train import EagleObjective, EagleTrainOptions, FeatureTargets, draft_config, row_losses
+from libspec.algorithms.eagle.train import EagleObjective, EagleTrainOptions, FeatureTargets, draft_config, row_losses, step_metrics
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.eagle3.train import Eagle3Objective, Eagle3TrainOptions
@@ -180,6 +180,21 @@ def test_alignment_steps_never_train_across_documents_and_follow_the_loss_mask()
     assert (counts["trained_0"].item(), counts["trained_1"].item(), counts["chain_total_0"].item()) == (5, 5, 5)
 
 
+def test_validation_replays_every_drafted_step_but_trains_only_the_aligned_ones():
+    draft, teacher = random_draft(), random_teacher()
+    batch = build_batch(all_supervised([9]), [0], 0, 64)
+    objective = EagleObjective(draft, teacher, EagleTrainOptions(hass_align_steps=2, speculative_tokens=4))
+    with torch.no_grad():
+        trained_loss, trained_counts = objective(batch)
+        validation_loss, validation_counts = objective.eval()(batch)
+    assert [key for key in trained_counts if key.startswith("trained_")] == ["trained_0", "trained_1"]
+    assert [validation_counts[f"trained_{s}"].item() for s in range(4)] == [8, 7, 6, 5]
+    assert float(validation_loss) == pytest.approx(float(trained_loss))  # steps 2 and 3 are measured, not trained
+    metrics = step_metrics({k: float(v) for k, v in validation_counts.items()}, objective.options)
+    assert metrics["loss"] == pytest.approx(float(trained_loss)) and "cond_acc_3" in metrics
+    assert "cond_acc_2" not in step_metrics({k: float(v) for k, v in trained_counts.items()}, objective.options)
+
+
 def test_draft_config_is_the_eagle1_folder_and_refuses_other_layers():
     config = draft_config(EagleTrainOptions(num_layers=2, speculative_tokens=4), TINY_LLAMA, "v", [4], 64, "bfloat16", {"verifier": {"name_or_path": "v"}})
     assert eagle.config_problems(config) == [] and eagle.is_eagle_config(config)
@@ -250,6 +265,8 @@ def test_checkpoints_are_eagle1_folders_that_pass_spec_validate_and_the_gates(tr
     config = ckpt.read_config(out / "best")
     assert eagle.is_eagle_config(config) and "speculators_config" not in config
     assert config["spec_tools"]["speculative_tokens"] == K and config["spec_tools"]["training"]["config"]["algorithm"] == "eagle"
+    validation = config["spec_tools"]["training"]["validation"]
+    assert validation["source"] == "validation" and f"cond_acc_{K - 1}" in validation and validation["loss"] == validation["loss_0"]
     tensors = ckpt.load_tensors(out / "best")
     assert "lm_head.weight" not in tensors and "layers.0.input_layernorm.weight" not in tensors and tensors["fc.weight"].shape == (32, 64)
     assert_servable(out / "best", out / "checkpoint-epoch-7")

@@ -14,7 +14,8 @@ HASS's harmonized context alignment (--hass-align-steps S): step s >= 1 replays 
 (s+1)-th drafted token. Query j feeds x_{j+1+s}, position j+s, and the feature the draft itself
 predicted at step s-1 (detached, as HASS does), and learns the targets at j+s; it attends step 0's
 keys <= j of its document and its own slot of steps 1..s: the EAGLE-3 TTT layout and mask. Step
-losses add up. Counts come out raw, per step, as EAGLE-3's (`derive_metrics`).
+losses add up. Validation replays every drafted step (--speculative-tokens) the same way, so its
+tau_sim compares across S. Counts come out raw, per step, as EAGLE-3's (`derive_metrics`).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class EagleObjective(nn.Module):
         self.options = options
 
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        options, draft, steps = self.options, self.draft, self.options.hass_align_steps
+        options, draft = self.options, self.draft
+        steps = options.hass_align_steps if self.training else evaluated_steps(options)
         length = batch.num_queries
         # Which queries each step trains: target j+s supervised and in j's document.
         trained = [shift_queries(batch.loss_mask, step)[0] & same_document_ahead(batch.document_ids, step)[0] for step in range(steps)]
@@ -129,9 +131,10 @@ class EagleObjective(nn.Module):
             logits = self.teacher.lm_head(row_predicted)  # frozen weights; the gradient reaches the draft
             parts = row_losses(row_predicted, logits, target.select(target_row[rows + step]), options)
             step_loss = parts["total"].sum() / max(len(rows), 1)
-            loss = loss + step_loss
-            for key, part in zip(PART_KEYS, ("feature", "token", "topk")):
-                counts[key] = counts[key] + parts[part].detach().sum()
+            if step < options.hass_align_steps:  # later steps (validation only) are measured, not trained
+                loss = loss + step_loss
+                for key, part in zip(PART_KEYS, ("feature", "token", "topk")):
+                    counts[key] = counts[key] + parts[part].detach().sum()
             correct = torch.zeros(length, dtype=torch.bool, device=rows.device)
             correct[rows] = logits.detach().max(-1).indices == target.argmax[target_row[rows + step]]
             chain_alive = chain_alive & trained[step]
@@ -187,9 +190,18 @@ def build_objective(draft: EagleDraft, head: VerifierHead, vocab: VocabMap, opti
     return EagleObjective(draft, head.teacher, options)
 
 
+def evaluated_steps(options: EagleTrainOptions) -> int:
+    """Drafting steps validation replays: every one the checkpoint drafts, so that tau_sim compares
+    across --hass-align-steps (training runs only the aligned steps)."""
+    return max(options.hass_align_steps, options.speculative_tokens)
+
+
 def step_metrics(counts: dict[str, float], options: EagleTrainOptions) -> dict[str, float]:
-    """EAGLE-3's per-step loss/acc/cond_acc and tau_sim, plus each loss part per trained query."""
-    metrics = derive_metrics(counts, options.hass_align_steps)
+    """EAGLE-3's per-step loss/acc/cond_acc and tau_sim over the steps the counts hold (validation's
+    hold every drafted step), `loss` over the trained steps, and each loss part per trained query."""
+    steps = max(options.hass_align_steps, sum(1 for key in counts if key.startswith("chain_total_")))
+    metrics = derive_metrics(counts, steps)
+    metrics["loss"] = sum(metrics[f"loss_{step}"] for step in range(options.hass_align_steps))  # what the optimizer sees
     trained = max(sum(counts.get(f"trained_{step}", 0.0) for step in range(options.hass_align_steps)), 1.0)
     for key in PART_KEYS:
         metrics[key.removesuffix("_sum")] = counts.get(key, 0.0) / trained
@@ -197,8 +209,8 @@ def step_metrics(counts: dict[str, float], options: EagleTrainOptions) -> dict[s
 
 
 def complete_counts(counts: dict, options: EagleTrainOptions) -> dict:
-    """Every count key present (a rank with no validation batch still joins the all-reduce with zeros)."""
-    for step in range(options.hass_align_steps):
+    """Every count key of a validation (a rank with no validation batch still joins the all-reduce with zeros)."""
+    for step in range(evaluated_steps(options)):
         for key in COUNT_KEYS:
             counts.setdefault(f"{key}_{step}", 0.0)
     for key in PART_KEYS:
