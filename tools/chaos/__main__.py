@@ -1,0 +1,88 @@
+"""chaos: rerun the fault campaign (kill -9 and resume, disk full, read-only output, concurrent load).
+
+    python -m tools.chaos                  # 100 kill trials per tool, the rest; ~20-30 min on 2 cores
+    python -m tools.chaos --trials 5 --json
+
+Exit status: 0 when every trial ended identical to its reference (or refused as it should) and every
+request got an answer, 1 otherwise, 2 usage error. Progress goes to stderr and WORK/chaos.log.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported (warm mode imports it here, once): one thread, waiting passively, so
+# runs are deterministic and do not fight the other users of a shared machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import dataclasses  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from libspec.errors import SpecError  # noqa: E402
+from libspec.options import option  # noqa: E402
+from tools._cli import EXIT_FAILURE, EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout  # noqa: E402
+from tools.chaos import faults  # noqa: E402
+from tools.chaos.campaign import Campaign  # noqa: E402
+from tools.chaos.summary import summary_rows, summary_table  # noqa: E402
+
+MARKER = ".chaos-work"  # a folder holding this is ours to empty
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """What `chaos` runs; every field is a command-line option."""
+
+    trials: int = option(100, "kill -9 trials per tool (spec-gen-hidden, spec-train)", minimum=0, metavar="N")
+    space_trials: int = option(5, "disk-full trials per tool, with room for 5% to 95% of the reference output", minimum=0, metavar="N")
+    bursts: int = option(4, "bursts of concurrent requests against spec-bench serve (0: no load trial)", minimum=0, metavar="N")
+    burst_size: int = option(32, "concurrent requests per burst (a fifth of them malformed)", minimum=1, metavar="N")
+    work: str = option("out/chaos", "working folder for references, trial outputs and logs; emptied first", metavar="DIR")
+    seed: int = option(0, "seed of the kill moments", metavar="N")
+    cold: bool = option(False, "start every run as a fresh `python -m` interpreter (imports included, ~10x slower) instead of forking a warm one")
+    timeout_s: float = option(600.0, "a run still going after this long counts as hung", minimum=1, metavar="S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("chaos", __doc__.split("\n\n")[0])
+    add_options(parser, ChaosOptions)
+    args = parser.parse_args(argv)
+    options = options_from_args(ChaosOptions, args)
+    work = _fresh_work_folder(Path(options.work))
+    started = time.monotonic()
+    campaign = Campaign(options, work)
+    campaign.run()
+    rows = summary_rows(campaign)
+    failed = any(row["different"] or row["lost"] or row["bad_error"] for row in rows)
+    wall_s = round(time.monotonic() - started, 1)
+    machine = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}"
+    if args.json:
+        print_json({"ok": not failed, "wall_s": wall_s, "machine": machine, "options": dataclasses.asdict(options),
+                    "reference_s": campaign.reference_s, "rows": rows, "trials": [dataclasses.asdict(t) for t in campaign.trials],
+                    "load": campaign.load_document()})  # fmt: skip
+    else:
+        stdout.print(summary_table(rows))
+        stdout.print(f"wall time {wall_s} s on {machine}; logs in {work}; {'FAILED' if failed else 'all trials passed'}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _fresh_work_folder(work: Path) -> Path:
+    """Empty `work` if an earlier campaign made it; refuse a folder that is not ours."""
+    if work.exists():
+        if not (work / MARKER).is_file():
+            raise SpecError(f"{work}: exists and was not made by chaos (no {MARKER} in it); choose another --work")
+        faults.unmount_leftovers(work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("chaos working folder: emptied by the next `chaos --work` run\n")
+    return work
+
+
+if __name__ == "__main__":
+    run(main)
