@@ -19,20 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import dataclasses  # noqa: E402
 import platform  # noqa: E402
-import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
-from libspec.errors import SpecError  # noqa: E402
 from libspec.options import option  # noqa: E402
 from tools._cli import EXIT_FAILURE, EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout  # noqa: E402
-from tools.chaos import faults  # noqa: E402
-from tools.chaos.campaign import Campaign  # noqa: E402
+from tools.chaos.campaign import Campaign, fresh_work_folder  # noqa: E402
 from tools.chaos.summary import summary_rows, summary_table  # noqa: E402
 
-MARKER = ".chaos-work"  # a folder holding this is ours to empty
+TOOLS = ("spec-gen-hidden", "spec-train")
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,7 @@ class ChaosOptions:
     bursts: int = option(4, "bursts of concurrent requests against spec-bench serve (0: no load trial)", minimum=0, metavar="N")
     burst_size: int = option(32, "concurrent requests per burst (a fifth of them malformed)", minimum=1, metavar="N")
     work: str = option("out/chaos", "working folder for references, trial outputs and logs; emptied first", metavar="DIR")
+    tools: str = option("spec-gen-hidden,spec-train", "the tools that get kill, disk-full and read-only trials, comma-separated", metavar="LIST")
     seed: int = option(0, "seed of the kill moments", metavar="N")
     cold: bool = option(False, "start every run as a fresh `python -m` interpreter (imports included, ~10x slower) instead of forking a warm one")
     timeout_s: float = option(600.0, "a run still going after this long counts as hung", minimum=1, metavar="S")
@@ -54,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_options(parser, ChaosOptions)
     args = parser.parse_args(argv)
     options = options_from_args(ChaosOptions, args)
-    work = _fresh_work_folder(Path(options.work))
+    unknown = set(options.tools.split(",")) - set(TOOLS)
+    if unknown:
+        parser.error(f"--tools: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(TOOLS)}")
+    if options.bursts and "spec-train" not in options.tools.split(","):
+        parser.error("--bursts needs spec-train among --tools: the server speculates with its reference checkpoint (or give --bursts 0)")
+    work = fresh_work_folder(Path(options.work))
     started = time.monotonic()
     campaign = Campaign(options, work)
     campaign.run()
@@ -70,18 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout.print(summary_table(rows))
         stdout.print(f"wall time {wall_s} s on {machine}; logs in {work}; {'FAILED' if failed else 'all trials passed'}")
     return EXIT_FAILURE if failed else EXIT_OK
-
-
-def _fresh_work_folder(work: Path) -> Path:
-    """Empty `work` if an earlier campaign made it; refuse a folder that is not ours."""
-    if work.exists():
-        if not (work / MARKER).is_file():
-            raise SpecError(f"{work}: exists and was not made by chaos (no {MARKER} in it); choose another --work")
-        faults.unmount_leftovers(work)
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER).write_text("chaos working folder: emptied by the next `chaos --work` run\n")
-    return work
 
 
 if __name__ == "__main__":

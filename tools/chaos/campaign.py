@@ -7,11 +7,26 @@ import shutil
 import time
 from pathlib import Path
 
+from libspec.errors import SpecError
 from tools._cli import stderr
 from tools.chaos import faults
 from tools.chaos.launch import Launcher, warm_up
 from tools.chaos.load import LoadResult, load_trial
 from tools.chaos.workloads import OK, GenHidden, Inputs, Train, prepare_inputs
+
+MARKER = ".chaos-work"  # a folder holding this is ours to empty
+
+
+def fresh_work_folder(work: Path) -> Path:
+    """Empty `work` if an earlier campaign made it; refuse a folder that is not ours."""
+    if work.exists():
+        if not (work / MARKER).is_file():
+            raise SpecError(f"{work}: exists and was not made by chaos (no {MARKER} in it); choose another --work")
+        faults.unmount_leftovers(work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("chaos working folder: emptied by the next `chaos --work` run\n")
+    return work
 
 
 class Campaign:
@@ -27,13 +42,14 @@ class Campaign:
         self.load: LoadResult | None = None
 
     def run(self) -> None:
-        workloads = self._references()
+        chosen = self.options.tools.split(",")
+        workloads = [w for w in self._references(with_training="spec-train" in chosen) if w.name in chosen]
         for number, workload in enumerate(workloads):
             self._kill_trials(workload, seed=self.options.seed * 1000 + number)
         for workload in workloads:
             self._space_trials(workload)
         if self.options.bursts:
-            self._load_trial(workloads[1].inputs.verifier)
+            self._load_trial(workloads[0].inputs.verifier)
 
     def say(self, message: str) -> None:
         """Progress: stderr and the campaign's log file."""
@@ -41,7 +57,7 @@ class Campaign:
         with open(self.log, "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
-    def _references(self) -> list:
+    def _references(self, with_training: bool) -> list:
         """The inputs and one uninterrupted run of each tool: what every trial is compared with, and its duration."""
         self.say(f"preparing inputs and reference runs in {self.work} ({'cold' if self.options.cold else 'warm'} starts)")
         verifier, conversations = prepare_inputs(self.work)
@@ -49,11 +65,11 @@ class Campaign:
             warm_up([GenHidden.tool, Train.tool])
         gen = GenHidden(Inputs(verifier, conversations, self.work / "reference" / GenHidden.tool / "out"))
         train = Train(gen.inputs)
-        for workload in (gen, train):
+        for workload in (gen, train) if with_training else (gen,):
             outcome = faults.reference_run(self.launcher, workload, self.work / "reference" / workload.tool)
             self.reference_s[workload.name] = round(outcome.duration_s, 3)
             self.say(f"reference {workload.name}: {outcome.duration_s:.2f} s")
-        return [gen, train]
+        return [gen, train] if with_training else [gen]
 
     def reference(self, workload) -> Path:
         return self.work / "reference" / workload.tool / "out"
