@@ -43,7 +43,7 @@ class ChaosOptions:
     work: str = option("out/chaos", "working folder for references, trial outputs and logs; emptied first", metavar="DIR")
     tools: str = option("spec-gen-hidden,spec-train", "the tools that get kill, disk-full and read-only trials, comma-separated", metavar="LIST")
     seed: int = option(0, "seed of the kill moments", metavar="N")
-    cold: bool = option(False, "start every run as a fresh `python -m` interpreter (imports included, ~10x slower) instead of forking a warm one")
+    cold: bool = option(False, "start every run as a fresh `python -m` interpreter (imports included: each run seconds longer) instead of forking a warm one")
     timeout_s: float = option(600.0, "a run still going after this long counts as hung", minimum=1, metavar="S")
 
 
