@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from libspec.format.atomic import write_bytes_atomic

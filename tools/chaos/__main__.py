@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 from libspec.options import option  # noqa: E402
-from tools._cli import EXIT_FAILURE, EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout  # noqa: E402
+from tools._cli import EXIT_FAILURE, EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stdout  # noqa: E402
 from tools.chaos.campaign import Campaign, fresh_work_folder  # noqa: E402
 from tools.chaos.summary import summary_rows, summary_table  # noqa: E402
 

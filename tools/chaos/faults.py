@@ -10,7 +10,6 @@ than in total, which still makes a write fail part-way. A read-only folder is a 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from libspec.errors import SpecError
 from tools.chaos.launch import Launcher, Outcome
 from tools.chaos.workloads import DIFFERENT, LOST, OK, Verdict
 
@@ -42,7 +42,7 @@ def reference_run(launcher: Launcher, workload, folder: Path) -> Outcome:
     shutil.rmtree(folder, ignore_errors=True)
     outcome = launcher.run(workload.tool, workload.argv(folder / "out"), folder / "log.txt")
     if outcome.exit_code != 0:
-        raise RuntimeError(f"the reference {workload.name} run failed (exit {outcome.exit_code}); see {outcome.log}")
+        raise SpecError(f"the reference {workload.name} run failed (exit {outcome.exit_code}); see {outcome.log}")
     return outcome
 
 

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libspec.errors import SpecError
+
 REQUEST_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 300.0
 MAX_QUEUE, MAX_BODY_BYTES, MAX_TOKENS = 8, 64 * 1024, 32
@@ -129,7 +131,7 @@ def _start_server(verifier: Path, speculator: Path, log: Path) -> tuple[subproce
         except ValueError:
             continue
     _stop_server(server)
-    raise RuntimeError(f"spec-bench serve did not start; see {log}")
+    raise SpecError(f"spec-bench serve did not start; see {log}")
 
 
 def _stop_server(server: subprocess.Popen) -> None:
