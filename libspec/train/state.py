@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import safetensors
-import safetensors.torch
 import torch
 
 import os

@@ -1,6 +1,6 @@
 """chaos: rerun the fault campaign (kill -9 and resume, disk full, read-only output, concurrent load).
 
-    python -m tools.chaos                  # 100 kill trials per tool and the rest: 20 min on a shared 2-core CPU
+    python -m tools.chaos                  # 100 kill trials per tool and the rest: 13-20 min on a shared 2-core CPU
     python -m tools.chaos --trials 5 --json
 
 Exit status: 0 when every trial ended identical to its reference (or refused as it should) and every
