@@ -6,8 +6,10 @@ the folder level: a reader sees the old checkpoint or the complete new one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import safetensors
@@ -216,6 +218,20 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
     return tensors
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str], shown_as: str | Path | None = None) -> None:
+    """safetensors' save_file, except that a failed write (a full disk) is an OSError naming the file, as open()'s are.
+
+    safetensors reports I/O failures as its own SafetensorError with the errno only in the text;
+    the tools print OSErrors as one line, so the errno is recovered from "(os error N)".
+    """
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as error:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        number = int(found[1]) if found else errno.EIO
+        raise OSError(number, os.strerror(number), str(shown_as or path)) from None
+
+
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement.
 
@@ -225,7 +241,7 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
     directory = Path(directory)
     with atomic_directory(directory) as staging:
         contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
+        save_safetensors(contiguous, staging / WEIGHTS, {"format": "pt"}, shown_as=directory / WEIGHTS)
         config = with_weight_digests(config, staging)
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
