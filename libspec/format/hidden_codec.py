@@ -5,14 +5,17 @@ bits; zstd compresses well only once the repetitive bits sit together. So a reco
 hidden states [T, L, H] are first rearranged into byte planes (SPEC.md §8.1):
 
 - `byte-shuffle`: byte k of every element, for k = 0 .. itemsize-1 (float32, float16, float8);
-- `bf16-exponent-split`: for bfloat16, one plane of the 8 exponent bits and one of sign + 7 mantissa
-  bits, so the sign (a random bit) does not spoil the exponent plane (measured smaller, §8.1).
+- `bf16-exponent-split`: for bfloat16, one plane of the 8 exponent bits and one of the 7 mantissa bits
+  shifted left with the sign in bit 0, so the sign (a random bit) does not spoil the exponent plane.
+
+Both walk the record layer-major ([L, T, H]), since each layer has its own magnitudes.
 
 One frame per record keeps random access by sample cheap: a training step decodes only its records.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import zstandard
 
@@ -35,32 +38,43 @@ def transform_for(dtype: torch.dtype) -> str:
     return BF16_EXPONENT_SPLIT if dtype == torch.bfloat16 else BYTE_SHUFFLE
 
 
-def to_planes(stored: torch.Tensor) -> torch.Tensor:
-    """uint8 [itemsize * n]: the elements' bytes regrouped into planes (see the module docstring)."""
-    flat = stored.contiguous().reshape(-1)
-    if flat.dtype == torch.bfloat16:
-        bits = flat.view(torch.int16).to(torch.int32)
-        exponent = (bits >> 7) & 0xFF
-        sign_mantissa = ((bits >> 8) & 0x80) | (bits & 0x7F)
-        return torch.cat([exponent, sign_mantissa]).to(torch.uint8)
-    return flat.view(torch.uint8).view(-1, flat.element_size()).t().reshape(-1)
+def to_planes(stored: torch.Tensor) -> np.ndarray:
+    """uint8 [itemsize * n]: a record [T, L, H] laid out layer-major [L, T, H], its bytes regrouped into planes.
+
+    Layer-major because each layer has its own range of magnitudes: the exponent plane then changes
+    little within long runs (measured 9% smaller than token-major on SmolLM2, SPEC.md §8.1).
+    numpy, not torch: torch copies a [n, 2] uint8 transpose about 6x slower (measured).
+    """
+    layer_major = stored.transpose(0, 1) if stored.dim() == 3 else stored
+    flat = layer_major.contiguous().reshape(-1)
+    if stored.dtype == torch.bfloat16:
+        bits = flat.view(torch.int16).numpy().view(np.uint16)  # sign | 8 exponent bits | 7 mantissa bits
+        planes = np.empty(2 * bits.size, dtype=np.uint8)
+        planes[: bits.size] = bits >> 7  # the exponent (the store keeps the low 8 bits, dropping the sign)
+        planes[bits.size :] = (bits << 1) | (bits >> 15)  # mantissa << 1 | sign (low 8 bits again)
+        return planes
+    return np.ascontiguousarray(flat.view(torch.uint8).numpy().reshape(-1, stored.element_size()).T).reshape(-1)
 
 
-def from_planes(planes: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of to_planes: uint8 planes back to a `dtype` tensor of `shape`."""
-    itemsize = dtype.itemsize
+def from_planes(planes: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of to_planes: uint8 planes back to a `dtype` tensor of `shape` ([T, L, H] for records)."""
+    layer_major_shape = (shape[1], shape[0], *shape[2:]) if len(shape) == 3 else shape
     if dtype == torch.bfloat16:
-        exponent, sign_mantissa = planes.view(2, -1).to(torch.int32)
-        bits = ((sign_mantissa & 0x80) << 8) | (exponent << 7) | (sign_mantissa & 0x7F)
-        bits = bits - ((bits >> 15) << 16)  # the top bit is int16's sign: bring 0..65535 into int16's range
-        return bits.to(torch.int16).view(torch.bfloat16).view(shape)
-    return planes.view(itemsize, -1).t().contiguous().view(dtype).view(shape)
+        half = planes.size // 2
+        exponent, mantissa_sign = planes[:half].astype(np.uint16), planes[half:].astype(np.uint16)
+        data = ((mantissa_sign & 1) << 15) | (exponent << 7) | (mantissa_sign >> 1)
+    else:
+        data = np.ascontiguousarray(planes.reshape(dtype.itemsize, -1).T)
+    if not data.flags.writeable:  # one-byte dtypes need no regrouping, so data may still be the read-only input
+        data = data.copy()
+    values = torch.from_numpy(data).view(dtype).view(layer_major_shape)
+    return values.transpose(0, 1).contiguous() if len(shape) == 3 else values
 
 
 def encode_frame(stored: torch.Tensor, level: int = HIDDEN_ZSTD_LEVEL) -> bytes:
     """One record's stored hidden states as a zstd frame (content size and checksum on) of its byte planes."""
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
-    return compressor.compress(to_planes(stored).numpy().tobytes())
+    return compressor.compress(to_planes(stored))
 
 
 def decode_frame(frame: bytes | memoryview, dtype: torch.dtype, shape: tuple[int, ...], location: str) -> torch.Tensor:
@@ -88,4 +102,4 @@ def decode_frame(frame: bytes | memoryview, dtype: torch.dtype, shape: tuple[int
         raise SpecError(f"{location}: bytes follow the zstd frame (expected exactly one frame)")
     if expected == 0:
         return torch.empty(shape, dtype=dtype)
-    return from_planes(torch.frombuffer(bytearray(content), dtype=torch.uint8), dtype, shape)
+    return from_planes(np.frombuffer(content, dtype=np.uint8), dtype, shape)

@@ -79,7 +79,7 @@ class StreamWriter:
             {
                 "type": "sample",
                 "record": record,
-                "hidden": (to_planes(stored).numpy().tobytes() if self.byte_planes else _tensor_bytes(stored)),
+                "hidden": (to_planes(stored).tobytes() if self.byte_planes else _tensor_bytes(stored)),
                 "scales": None if scales is None else _tensor_bytes(scales),
             }
         )
@@ -190,7 +190,7 @@ class StreamReader:
         num_tokens = len(record["input_ids"])
         hidden = _tensor_from(frame["hidden"], self.dtype, (num_tokens, *self.row_shape), f"{location}: field hidden")
         if self.byte_planes:
-            hidden = from_planes(hidden.view(-1).view(torch.uint8), self.dtype, tuple(hidden.shape))
+            hidden = from_planes(hidden.reshape(-1).view(torch.uint8).numpy(), self.dtype, tuple(hidden.shape))
         scales = None
         if self.dtype == torch.float8_e4m3fn:
             if not isinstance(frame.get("scales"), bytes):
