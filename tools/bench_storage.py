@@ -1,6 +1,6 @@
 """`./just bench-storage`: hidden-state storage on the real verifier (SmolLM2) — size, speed, and τ.
 
-    python -m tools.bench_storage [--records N] [--train-steps N] [--tau-prompts N] [--work DIR] [--json]
+    python -m tools.bench_storage [--records N] [--train-steps N] [--speed-steps N] [--tau-prompts N] [--work DIR] [--json]
 
 One table, every figure measured in this run on the same captured samples:
 - bytes per token on disk for raw and zstd tensor shards, in bf16 and fp8, against upstream
@@ -52,12 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verifier", help="a verifier folder (default: SmolLM2-135M-Instruct, built and cached on first use)")
     parser.add_argument("--records", type=int, default=60, help="inputs cut from the stdlib corpus (default: 60)")
     parser.add_argument("--max-len", type=int, default=768, help="truncate records to N tokens (default: 768)")
-    parser.add_argument("--train-steps", type=int, default=30, help="optimizer steps per training run (default: 30)")
+    parser.add_argument("--train-steps", type=int, default=40, help="optimizer steps of each draft trained for τ (default: 40)")
+    parser.add_argument("--speed-steps", type=int, default=8, help="optimizer steps of each timed training run, raw vs zstd (default: 8)")
     parser.add_argument("--speed-repeats", type=int, default=2, help="alternating timed runs per variant (default: 2)")
     parser.add_argument("--tau-prompts", type=int, default=8, help="prompts per set (MT-Bench, HumanEval) for τ; 0 skips τ (default: 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, the steadiest on a shared machine)")
-    parser.add_argument("--work", help="keep captures and drafts here (reused when present); default: a temporary folder")
+    parser.add_argument("--work", help="keep captures, drafts and report.json here (reused when present); default: a temporary folder")
+    parser.add_argument("--show", metavar="REPORT", help="print the table of a report.json an earlier run saved, measuring nothing")
     args = parser.parse_args(argv)
+    if args.show:
+        show(json.loads(Path(args.show).read_text()))
+        return EXIT_OK
     torch.set_num_threads(args.threads)
     verifier = args.verifier or subprocess.run([sys.executable, "-m", "tools.build_smollm2"], check=True, capture_output=True, text=True, cwd=REPO).stdout.strip()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-storage-"))
@@ -69,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     report["machine"] = {"note": MACHINE_NOTE, "cpus": os.cpu_count(), "threads": args.threads, "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
+    if args.work:
+        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_json(report) if args.json else show(report)
     return EXIT_OK
 
@@ -166,7 +173,7 @@ def training_speed(raw_dir: Path, zstd_dir: Path, verifier: str, args, work: Pat
         for name in (("raw", "zstd") if repeat % 2 == 0 else ("zstd", "raw")):
             out = work / f"speed-{name}"
             shutil.rmtree(out, ignore_errors=True)
-            config = TrainConfig(data=str(raw_dir if name == "raw" else zstd_dir), verifier=verifier, output=str(out), draft_vocab_size=8192, max_steps=args.train_steps, keep=1, device="cpu")
+            config = TrainConfig(data=str(raw_dir if name == "raw" else zstd_dir), verifier=verifier, output=str(out), draft_vocab_size=8192, max_steps=args.speed_steps, epochs=100, keep=1, device="cpu")
             steps: list[float] = []
             train(config, on_event=lambda kind, payload: steps.append(payload["tokens_per_s"]) if kind == "step" else None)
             tokens_per_s[name].append(statistics.median(steps[1:] or steps))  # the first step pays one-off warm-up
@@ -174,7 +181,7 @@ def training_speed(raw_dir: Path, zstd_dir: Path, verifier: str, args, work: Pat
     load_s = {}
     for name, directory in (("raw", raw_dir), ("zstd", zstd_dir)):
         run_ = prepare(TrainConfig(data=str(directory), verifier=verifier, output=str(work / "unused"), draft_vocab_size=8192, device="cpu"))
-        plan = epoch_plan(run_, train_query_counts(run_), 0)[: args.train_steps]
+        plan = epoch_plan(run_, train_query_counts(run_), 0)
         started = time.perf_counter()
         for batch in plan:
             load_batch(run_, batch)
