@@ -23,8 +23,8 @@ from libspec.errors import SpecError
 from libspec.format.bounded_io import size_text
 
 TENSOR_ENCODINGS = ("raw", "zstd")
-# Measured on SmolLM2 hidden states (tools/bench_storage.py): level 1 and 3 give sizes within 1%,
-# level 1 encodes much faster, and spec-gen-hidden must keep pace with the verifier.
+# Measured on SmolLM2 hidden states (SPEC.md §8.1): level 3 came out 2.5-3.5% larger than level 1
+# on these planes, and slower; spec-gen-hidden must keep pace with the verifier.
 HIDDEN_ZSTD_LEVEL = 1
 # The decoded size of one record's frame (SPEC.md §8.1): as a stream frame's, one sample of 32,768
 # tokens x 4 layers x hidden 4,096 in fp8 (an 8B model), or 16,384 tokens of it in bf16.
