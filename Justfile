@@ -161,6 +161,11 @@ demo-toy OUT="out/demo-toy" RECORDS="1000" STEPS="0":
 bench-gen *ARGS:
     python -m tools.bench_gen_hidden {{ARGS}}
 
+# hidden-state storage on SmolLM2: bytes/token (raw, zstd; bf16, fp8) vs upstream's layout, encode MB/s,
+# spec-gen-hidden vs a bare forward, spec-train tokens/s on zstd vs raw shards, τ of bf16- vs fp8-trained drafts
+bench-storage *ARGS: real-extra
+    python -m tools.bench_storage {{ARGS}}
+
 # training conversations cut from the built-in verifier's training files (stdlib sources)
 conversations OUT="out/conversations.jsonl" *ARGS:
     python -m tools.corpus_conversations -o {{OUT}} {{ARGS}}

@@ -32,14 +32,15 @@ EXAMPLE_VERIFIER = {
 }  # fmt: skip
 
 
-def example_header(work: Path, dtype: str) -> dict:
+def example_header(work: Path, dtype: str, tensor_encoding: str = "raw") -> dict:
     folder = write_fake_verifier(work / "verifier", EXAMPLE_VERIFIER)
     # One small weight file, so the fingerprint shows a weights digest (SPEC.md §3).
     weight = torch.arange(64 * 8, dtype=torch.float32).reshape(64, 8) / 512
     safetensors.torch.save_file({"model.embed_tokens.weight": weight}, str(folder / "model.safetensors"), metadata={"format": "pt"})
     verifier = fingerprint_verifier(str(folder))
     verifier = type(verifier)(**{**verifier.to_dict(), "name_or_path": "examples/tiny-llama"})
-    return make_header(verifier, [2, 3, 4], dtype, tool="format-examples", metadata={"note": "random values"}, created_at=CREATED_AT)
+    metadata = {"note": "random values"}
+    return make_header(verifier, [2, 3, 4], dtype, tool="format-examples", metadata=metadata, created_at=CREATED_AT, tensor_encoding=tensor_encoding)
 
 
 def write_examples(out: Path, work: Path) -> None:
@@ -47,10 +48,11 @@ def write_examples(out: Path, work: Path) -> None:
     out.mkdir(parents=True)
     samples = random_samples(3, vocab=64, layers=3, hidden=8, seed=7, max_len=6)
     header = example_header(work, "bfloat16")
-    writer = DatasetWriter(out / "dataset", header, shard_bytes=120)
-    for record, hidden in samples:
-        writer.add(record, hidden)
-    writer.close()
+    for name, dataset_header in (("dataset", header), ("dataset-zstd-fp8", example_header(work, "float8_e4m3fn", "zstd"))):
+        writer = DatasetWriter(out / name, dataset_header, shard_bytes=120)
+        for record, hidden in samples:
+            writer.add(record, hidden)
+        writer.close()
     (out / "record.json").write_text(json.dumps(samples[0][0], indent=2) + "\n")
     (out / "tensor-shard-metadata.json").write_text(
         json.dumps({"format": "spec-tools/hidden-states", "format_version": "1", "layer_ids": "[2, 3, 4]", "num_records": "2"}, indent=2) + "\n"

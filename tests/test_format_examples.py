@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 
 # Which example shows each schema; a new schema without an example fails the first test.
 SCHEMA_EXAMPLES = {
-    "dataset-manifest": ["dataset/manifest.json"],
+    "dataset-manifest": ["dataset/manifest.json", "dataset-zstd-fp8/manifest.json"],
     "record": ["record.json"],
     "tensor-shard-metadata": ["tensor-shard-metadata.json"],
     "stream-frame": ["stream-frames.json"],
@@ -40,7 +40,8 @@ def test_examples_match_their_schema(schema):
 
 @pytest.mark.parametrize(
     "artifact",
-    ["dataset", "stream.spst", "stream-fp8.spst", "checkpoint-eagle3", "dataset/records-00000.msgpack.zst", "dataset/hidden-00001.safetensors"],
+    ["dataset", "stream.spst", "stream-fp8.spst", "checkpoint-eagle3", "dataset/records-00000.msgpack.zst", "dataset/hidden-00001.safetensors",
+     "dataset-zstd-fp8", "dataset-zstd-fp8/hidden-00001.safetensors"],
 )
 def test_example_artifacts_validate(artifact):
     report = validate(str(EXAMPLES / artifact))

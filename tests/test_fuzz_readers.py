@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,7 +35,7 @@ from libspec.errors import SpecError
 from libspec.format.dataset import MANIFEST, Dataset
 from libspec.format.records import check_record, decode_records
 from libspec.format.stream import MAGIC, StreamReader
-from libspec.format.tensors import TensorShard
+from libspec.format.tensors import TensorShard, safetensors_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 FUZZ_EXAMPLES = int(os.environ.get("SPEC_FUZZ_EXAMPLES", "200"))
@@ -203,6 +204,47 @@ def test_tensor_shard_header_reader(workdir, data):
             hidden.float().sum()
 
     outcome("tensor shard", read)
+
+
+ZSTD_SHARD_PATH = EXAMPLES / "dataset-zstd-fp8" / "hidden-00000.safetensors"
+ZSTD_TENSOR_SHARD = ZSTD_SHARD_PATH.read_bytes()
+
+
+def edit_first_frame(edit) -> bytes:
+    """The zstd example shard with the content of record 0's frame edited (recompressed with a valid checksum)."""
+    example = TensorShard(ZSTD_SHARD_PATH)
+    tensors = {name: tensor.clone() for name, tensor in example.tensors.items()}
+    frames, ends = tensors["hidden_frames"], tensors["frame_offsets"]
+    content = zstandard.ZstdDecompressor().decompress(frames[: int(ends[1])].numpy().tobytes())
+    first = zstandard.ZstdCompressor(write_checksum=True).compress(edit(content))
+    tensors["hidden_frames"] = torch.cat([torch.frombuffer(bytearray(first), dtype=torch.uint8), frames[int(ends[1]) :]])
+    tensors["frame_offsets"] = torch.cat([torch.tensor([0]), ends[1:] - int(ends[1]) + len(first)])
+    return safetensors_bytes(tensors, dict(example.metadata))
+
+
+@st.composite
+def zstd_shard_mutations(draw) -> bytes:
+    """The zstd example shard mutated as stored, in its header JSON, or inside record 0's frame."""
+    where = draw(st.sampled_from(["stored", "header", "frame"]))
+    if where == "stored":
+        return draw(mutated(ZSTD_TENSOR_SHARD))
+    edit = lambda content: draw(mutated(content))  # noqa: E731
+    return edit_header(ZSTD_TENSOR_SHARD, edit) if where == "header" else edit_first_frame(edit)
+
+
+@FUZZ
+@given(data=zstd_shard_mutations())
+def test_zstd_tensor_shard_reader(workdir, data):
+    path = workdir / "hidden-00000.safetensors"
+    path.write_bytes(data)
+
+    def read():
+        shard = TensorShard(path)
+        for index in range(shard.num_records):
+            hidden, scales = shard.record_rows(index)
+            hidden.float().sum()
+
+    outcome("zstd tensor shard", read)
 
 
 # ---- streams ---------------------------------------------------------------------------------

@@ -121,6 +121,21 @@ def test_shards_partition_the_inputs_and_merge_back(capsys, tmp_path, verifier_d
         main(["--merge", str(tmp_path / "part0"), str(tmp_path / "part2"), "-o", str(tmp_path / "partial")])
 
 
+def test_tensor_encoding_zstd_stores_the_same_values_smaller(capsys, tmp_path, verifier_dir, inputs):
+    common = ["--verifier", verifier_dir, "--data", inputs, "--skip-bad", "--dtype", "float32"]
+    raw = run_json(capsys, *common, "--tensor-encoding", "raw", "-o", tmp_path / "raw")
+    packed = run_json(capsys, *common, "--tensor-encoding", "zstd", "-o", tmp_path / "zstd")
+    assert (raw["tensor_encoding"], packed["tensor_encoding"]) == ("raw", "zstd")
+    assert Dataset(tmp_path / "zstd").manifest["hidden_states"]["tensor_encoding"] == "zstd"
+    assert validate(str(tmp_path / "zstd")).ok
+    got, want = samples_by_id(Dataset(tmp_path / "zstd")), samples_by_id(Dataset(tmp_path / "raw"))
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key][1], want[key][1])  # same batches, same values: bit for bit
+    tensor_bytes = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("hidden-*")) for name in ("raw", "zstd")}
+    assert tensor_bytes["zstd"] < tensor_bytes["raw"]
+
+
 @pytest.mark.slow  # a real subprocess (imports torch + transformers) and two more runs: ~10 s
 def test_kill_9_mid_run_then_rerun_gives_the_identical_data_set(capsys, tmp_path, verifier_dir):
     data = write_jsonl(tmp_path / "many.jsonl", conversations(120, seed=5) + ["broken line"] * 3)

@@ -53,7 +53,7 @@ def test_merge_refuses_mismatches(tmp_path, fake_verifier):
     other_layers = write_part(tmp_path / "layers", fake_verifier, renamed(random_samples(2, 64, 3, 16), "x"), layer_ids=(0, 1, 4))
     with pytest.raises(SpecError, match="record id 'sample-0' also appears"):
         merge_datasets([a, same_ids], tmp_path / "out1")
-    with pytest.raises(SpecError, match="captured other layers or dtype"):
+    with pytest.raises(SpecError, match="captured other layers, dtype or tensor encoding"):
         merge_datasets([a, other_layers], tmp_path / "out2")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

@@ -109,7 +109,7 @@ def zstd_savings(dataset: Dataset, level: int, shuffle: bool) -> dict:
     compress_s = decompress_s = 0.0
     compressor, decompressor = zstandard.ZstdCompressor(level=level), zstandard.ZstdDecompressor()
     for index in range(dataset.num_shards):
-        hidden = dataset.shard_tensors(index).hidden
+        hidden = dataset.shard_tensors(index).stored_hidden()
         data = hidden.contiguous().view(torch.uint8).view(-1, hidden.element_size())
         data = (data.t() if shuffle else data).contiguous().numpy().tobytes()
         start = time.perf_counter()

@@ -48,6 +48,7 @@ from libspec.format.dataset import DEFAULT_SHARD_BYTES, MANIFEST, DatasetWriter,
 from libspec.format.digest import sha256_text
 from libspec.format.sample import make_header
 from libspec.format.sample_io import SampleSink, create_sink
+from libspec.format.hidden_codec import TENSOR_ENCODINGS
 from libspec.format.tensors import STORAGE_DTYPES
 from libspec.verifier import LoadedVerifier, load_model, load_verifier
 
@@ -88,6 +89,10 @@ class GenHiddenConfig:
         None, "layer ids to capture, e.g. 2,4,5,8 (default: EAGLE-3's aux layers plus n)", flag="--layers", metavar="IDS", group=CAPTURE, parse=layer_id_list
     )
     storage_dtype: str = option("bfloat16", "how hidden states are stored (float8_e4m3fn halves disk, with per-token scales)", choices=tuple(STORAGE_DTYPES), group=CAPTURE)
+    tensor_encoding: str = option(
+        "raw", "how tensor shards store hidden states: zstd (per-record frames of byte planes, lossless, smaller) or raw (memory-mapped as is)",
+        choices=TENSOR_ENCODINGS, group=CAPTURE,
+    )  # fmt: skip
     dtype: str = option("auto", "compute dtype (auto: float32 on CPU, bfloat16 on GPU)", choices=("auto", "float32", "bfloat16", "float16"), group=CAPTURE)
     device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:N", group=CAPTURE)
     backend: str = option("hf", "hf: transformers with forward hooks; vllm: vLLM's extract_hidden_states (optional, GPU)", choices=BACKENDS, group=CAPTURE)
@@ -136,7 +141,9 @@ class GenHiddenConfig:
 
     def output_shaping(self) -> dict:
         """The options that decide which records and values a run writes: a resume must match them."""
-        ignored = {"output", "device", "backend", "trust_remote_code", "shard_bytes", "verifier"}
+        # tensor_encoding changes how values are stored, not which: the header's hidden_states records it
+        # (and a resume must match that), so data sets made before the option existed still resume.
+        ignored = {"output", "device", "backend", "trust_remote_code", "shard_bytes", "verifier", "tensor_encoding"}
         shaping = {k: v for k, v in asdict(self).items() if k not in ignored}
         return json.loads(json.dumps(shaping))  # as the manifest stores it (tuples become lists)
 
@@ -263,7 +270,7 @@ def build_header(config: GenHiddenConfig, setup: CaptureSetup, files: list[str])
             "stop_token_ids": list(setup.verifier.stop_token_ids),
         }
     }
-    return make_header(setup.verifier.fingerprint, setup.layer_ids, config.storage_dtype, TOOL, metadata)
+    return make_header(setup.verifier.fingerprint, setup.layer_ids, config.storage_dtype, TOOL, metadata, tensor_encoding=config.tensor_encoding)
 
 
 @dataclass
@@ -452,6 +459,7 @@ def _summary(config: GenHiddenConfig, layer_ids: list[int], counts: GenCounts, b
         "bytes_written": bytes_written,
         "layer_ids": layer_ids,
         "storage_dtype": config.storage_dtype,
+        "tensor_encoding": config.tensor_encoding,
         "elapsed_s": round(elapsed_s, 3),  # including loading the model
         "capture_s": round(capture_s, 3),
         "tokens_per_s": round(counts.tokens_written / capture_s, 1) if capture_s > 0 and not already_complete else None,

@@ -56,7 +56,7 @@ def _check_compatible(datasets: list[Dataset]) -> None:
         if differences:
             raise SpecError(f"{dataset.directory}: made with another verifier than {first.directory} ({differences[0]})")
         if dataset.manifest["hidden_states"] != first.manifest["hidden_states"]:
-            raise SpecError(f"{dataset.directory}: captured other layers or dtype than {first.directory}")
+            raise SpecError(f"{dataset.directory}: captured other layers, dtype or tensor encoding than {first.directory}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -70,6 +70,7 @@ class DatasetWriter:
         self.shard_bytes = shard_bytes
         self.layer_ids = header["hidden_states"]["layer_ids"]
         self.dtype_name = header["hidden_states"]["storage_dtype"]
+        self.tensor_encoding = header["hidden_states"].get("tensor_encoding", "raw")
         self.vocab_size = header["verifier"]["vocab_size"]
         self.hidden_size = header["verifier"]["hidden_size"]
         self.shards: list[dict] = []
@@ -161,7 +162,7 @@ class DatasetWriter:
         offsets = [0]
         for record in records:
             offsets.append(offsets[-1] + len(record["input_ids"]))
-        tensors_digest = write_tensor_shard(self.directory / tensors_name, hidden, offsets, self.layer_ids, scales)
+        tensors_digest = write_tensor_shard(self.directory / tensors_name, hidden, offsets, self.layer_ids, scales, self.tensor_encoding)
         records_digest = write_record_shard(self.directory / records_name, records)
         self.shards.append(
             {
@@ -213,6 +214,7 @@ class Dataset:
         self.verifier = VerifierFingerprint.from_dict(self.manifest["verifier"])
         self.layer_ids: list[int] = self.manifest["hidden_states"]["layer_ids"]
         self.storage_dtype = storage_dtype(self.manifest["hidden_states"]["storage_dtype"])
+        self.tensor_encoding: str = self.manifest["hidden_states"].get("tensor_encoding", "raw")
         self._tensor_shards: dict[int, TensorShard] = {}
         if check_files:
             self._check_files_present()
@@ -272,13 +274,15 @@ class Dataset:
         path = tensors.path
         if tensors.layer_ids != self.layer_ids:
             raise SpecError(f"{path}: layer ids {tensors.layer_ids} differ from the manifest's {self.layer_ids}")
-        if tensors.hidden.dtype != self.storage_dtype:
-            raise SpecError(f"{path}: dtype {tensors.hidden.dtype} differs from the manifest's storage dtype")
-        if tensors.hidden.shape[2] != self.verifier.hidden_size:
-            raise SpecError(f"{path}: hidden size {tensors.hidden.shape[2]}, the verifier's is {self.verifier.hidden_size}")
-        if tensors.num_records != shard["num_records"] or tensors.hidden.shape[0] != shard["num_tokens"]:
+        if tensors.encoding != self.tensor_encoding:
+            raise SpecError(f"{path}: {tensors.encoding} encoding differs from the manifest's tensor_encoding {self.tensor_encoding}")
+        if tensors.storage_dtype != self.storage_dtype:
+            raise SpecError(f"{path}: dtype {tensors.storage_dtype} differs from the manifest's storage dtype")
+        if tensors.hidden_size != self.verifier.hidden_size:
+            raise SpecError(f"{path}: hidden size {tensors.hidden_size}, the verifier's is {self.verifier.hidden_size}")
+        if tensors.num_records != shard["num_records"] or tensors.num_tokens != shard["num_tokens"]:
             raise SpecError(
-                f"{path}: holds {tensors.num_records} records / {tensors.hidden.shape[0]} tokens, "
+                f"{path}: holds {tensors.num_records} records / {tensors.num_tokens} tokens, "
                 f"the manifest says {shard['num_records']} / {shard['num_tokens']}"
             )
 

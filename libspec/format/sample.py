@@ -17,6 +17,8 @@ from libspec.verifier import VerifierFingerprint
 from libspec.format.tensors import STORAGE_DTYPES, decode_hidden
 
 LAYER_ID_CONVENTION = "residual_after_k_layers"
+# The data format version each tensor encoding is written with (SPEC.md §1); readers take both.
+DATA_FORMAT_VERSIONS = {"raw": 1, "zstd": 2}
 HEADER_KEYS = ("format", "format_version", "created_by", "created_at", "verifier", "hidden_states", "metadata")
 
 
@@ -44,11 +46,15 @@ def make_header(
     tool: str,
     metadata: dict | None = None,
     created_at: str | None = None,
+    tensor_encoding: str = "raw",
 ) -> dict:
-    """A data header for samples captured from `verifier` at `layer_ids`, stored as `storage_dtype`."""
+    """A data header for samples captured from `verifier` at `layer_ids`, stored as `storage_dtype` in `tensor_encoding`.
+
+    Raw data sets stay format version 1 (byte for byte what older readers read); zstd ones are version 2.
+    """
     header = {
         "format": "spec-tools/dataset",
-        "format_version": libspec.FORMAT_VERSION,
+        "format_version": DATA_FORMAT_VERSIONS.get(tensor_encoding, 0),
         "created_by": {"tool": tool, "version": libspec.__version__},
         "created_at": created_at or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "verifier": verifier.to_dict(),
@@ -57,6 +63,7 @@ def make_header(
             "layer_id_convention": LAYER_ID_CONVENTION,
             "storage_dtype": storage_dtype,
             "hidden_size": verifier.hidden_size,
+            **({} if tensor_encoding == "raw" else {"tensor_encoding": tensor_encoding}),
         },
         "metadata": dict(metadata or {}),
     }
@@ -77,6 +84,13 @@ def header_problems(header: dict) -> list[str]:
         problems.append(f"hidden_states.layer_ids {layer_ids} must lie in [0, {depth}] (num_hidden_layers)")
     if hidden.get("hidden_size") != verifier.get("hidden_size"):
         problems.append("hidden_states.hidden_size differs from verifier.hidden_size")
+    version, encoding = header.get("format_version"), hidden.get("tensor_encoding", "raw")
+    if version == 1 and "tensor_encoding" in hidden:
+        problems.append("hidden_states.tensor_encoding needs format_version 2 (version 1 data sets are raw)")
+    if version == 2 and "tensor_encoding" not in hidden:
+        problems.append("format_version 2 needs hidden_states.tensor_encoding (raw or zstd)")
+    if encoding not in DATA_FORMAT_VERSIONS:
+        problems.append(f"hidden_states.tensor_encoding must be one of {', '.join(DATA_FORMAT_VERSIONS)}")
     if hidden.get("storage_dtype") not in STORAGE_DTYPES:
         problems.append(f"hidden_states.storage_dtype must be one of {', '.join(STORAGE_DTYPES)}")
     return problems

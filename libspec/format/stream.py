@@ -21,6 +21,7 @@ from libspec.format.json_files import json_value_problem
 from libspec.format.records import check_record
 from libspec.format.sample import Sample, header_of, header_problems
 from libspec.format.schemas import check_schema
+from libspec.format.hidden_codec import from_planes, to_planes
 from libspec.format.tensors import STORAGE_DTYPES, encode_hidden
 
 MAGIC = b"SPECSTRM"
@@ -31,10 +32,6 @@ _LENGTH = struct.Struct("<I")
 # are read into memory whole by spec-train; samples larger than this belong in a data set directory.
 MAX_STREAM_FRAME_BYTES = 1 << 30
 STREAM_FRAME_LIMIT = "SPEC.md §10"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in STORAGE_DTYPES.items() if value == dtype)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -49,6 +46,7 @@ class StreamWriter:
         self.output = output
         self.header = header
         self.dtype_name = header["hidden_states"]["storage_dtype"]
+        self.byte_planes = header["hidden_states"].get("tensor_encoding", "raw") == "zstd"
         self.num_layers = len(header["hidden_states"]["layer_ids"])
         self.hidden_size = header["verifier"]["hidden_size"]
         self.vocab_size = header["verifier"]["vocab_size"]
@@ -81,7 +79,7 @@ class StreamWriter:
             {
                 "type": "sample",
                 "record": record,
-                "hidden": _tensor_bytes(stored),
+                "hidden": (to_planes(stored).tobytes() if self.byte_planes else _tensor_bytes(stored)),
                 "scales": None if scales is None else _tensor_bytes(scales),
             }
         )
@@ -119,6 +117,7 @@ class StreamReader:
         self.header = header_of(header)
         hidden = self.header["hidden_states"]
         self.dtype = STORAGE_DTYPES[hidden["storage_dtype"]]
+        self.byte_planes = hidden.get("tensor_encoding", "raw") == "zstd"
         self.row_shape = (len(hidden["layer_ids"]), self.header["verifier"]["hidden_size"])
         self.vocab_size = self.header["verifier"]["vocab_size"]
         self.end: dict | None = None
@@ -190,6 +189,8 @@ class StreamReader:
         check_record(record, location, self.vocab_size)
         num_tokens = len(record["input_ids"])
         hidden = _tensor_from(frame["hidden"], self.dtype, (num_tokens, *self.row_shape), f"{location}: field hidden")
+        if self.byte_planes:
+            hidden = from_planes(hidden.reshape(-1).view(torch.uint8).numpy(), self.dtype, tuple(hidden.shape))
         scales = None
         if self.dtype == torch.float8_e4m3fn:
             if not isinstance(frame.get("scales"), bytes):

@@ -1,12 +1,15 @@
 """Tensor shards: safetensors files with the captured hidden states of one record shard.
 
-Layout (SPEC.md, "Tensor shards"): `hidden_states` [tokens, layers, hidden] in the storage dtype,
-`offsets` int64 [records + 1] (record i owns rows offsets[i]:offsets[i+1]), and for fp8 storage
-`hidden_scales` float32 [tokens, layers]. Readers memory-map the file: no copy, no full read.
+Two encodings (SPEC.md, "Tensor shards"). `raw` (format version 1): `hidden_states` [tokens,
+layers, hidden] in the storage dtype, memory-mapped and used in place. `zstd` (format version 2):
+`hidden_frames`, one zstd frame per record (libspec.format.hidden_codec), decoded when a record is
+read. Both have `offsets` int64 [records + 1] (record i owns rows offsets[i]:offsets[i+1]) and, for
+fp8 storage, `hidden_scales` float32 [tokens, layers]. Readers map the file: no full read.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -19,11 +22,15 @@ import torch
 from libspec.format.atomic import write_bytes_atomic
 from libspec.format.bounded_io import open_regular
 from libspec.format.digest import FileDigest, digest_bytes
+from libspec.format.hidden_codec import decode_frame, encode_frame, transform_for
 from libspec.errors import SpecError
 from libspec.format.schemas import check_schema
 
 HIDDEN, OFFSETS, SCALES = "hidden_states", "offsets", "hidden_scales"
+FRAMES, FRAME_OFFSETS = "hidden_frames", "frame_offsets"  # the zstd encoding's tensors
 SHARD_FORMAT = "spec-tools/hidden-states"
+# The shard format version of each encoding: raw shards are unchanged, so older readers still read them.
+SHARD_FORMAT_VERSIONS = {"raw": "1", "zstd": "2"}
 
 STORAGE_DTYPES = {
     "float32": torch.float32,
@@ -37,12 +44,16 @@ _SAFETENSORS_DTYPES = {
     "F16": torch.float16,
     "F8_E4M3": torch.float8_e4m3fn,
     "I64": torch.int64,
+    "U8": torch.uint8,
     "I32": torch.int32,
     "BOOL": torch.bool,
 }
 _FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 # The rank each known tensor must have, and how errors describe it.
-_RANKS = {HIDDEN: (3, "[tokens, layers, hidden]"), OFFSETS: (1, "[num_records + 1]"), SCALES: (2, "[tokens, layers]")}
+_RANKS = {
+    HIDDEN: (3, "[tokens, layers, hidden]"), OFFSETS: (1, "[num_records + 1]"), SCALES: (2, "[tokens, layers]"),
+    FRAMES: (1, "[frame bytes]"), FRAME_OFFSETS: (1, "[num_records + 1]"),
+}  # fmt: skip
 # The safetensors library's own limit on the header (its MAX_HEADER_SIZE); ours are a few hundred bytes.
 MAX_TENSOR_HEADER_BYTES = 100_000_000
 TENSOR_SHARD_LIMIT = "SPEC.md §8"
@@ -83,22 +94,37 @@ def write_tensor_shard(
     offsets: list[int],
     layer_ids: list[int],
     scales: torch.Tensor | None = None,
+    encoding: str = "raw",
 ) -> FileDigest:
-    """Write one tensor shard atomically; `hidden` is already in the storage dtype."""
+    """Write one tensor shard atomically in `encoding` (raw or zstd); `hidden` is already in the storage dtype."""
     if hidden.dim() != 3 or offsets[0] != 0 or offsets[-1] != hidden.shape[0]:
         raise ValueError(f"bad tensor shard: hidden {tuple(hidden.shape)}, offsets {offsets[0]}..{offsets[-1]}")
-    tensors = {HIDDEN: hidden.contiguous(), OFFSETS: torch.tensor(offsets, dtype=torch.int64)}
-    if scales is not None:
-        tensors[SCALES] = scales.to(torch.float32).contiguous()
+    if encoding not in SHARD_FORMAT_VERSIONS:
+        raise SpecError(f"unknown tensor encoding {encoding!r}; expected one of {', '.join(SHARD_FORMAT_VERSIONS)}")
+    tensors = {OFFSETS: torch.tensor(offsets, dtype=torch.int64)}
     metadata = {
         "format": SHARD_FORMAT,
-        "format_version": "1",
+        "format_version": SHARD_FORMAT_VERSIONS[encoding],
         "layer_ids": json.dumps(list(layer_ids)),
         "num_records": str(len(offsets) - 1),
     }
+    if encoding == "raw":
+        tensors[HIDDEN] = hidden.contiguous()
+    else:
+        frames = [encode_frame(hidden[start:end]) for start, end in zip(offsets, offsets[1:])]
+        tensors[FRAMES] = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if any(frames) else torch.empty(0, dtype=torch.uint8)
+        tensors[FRAME_OFFSETS] = torch.tensor([0, *itertools.accumulate(len(f) for f in frames)], dtype=torch.int64)
+        metadata.update(encoding=encoding, storage_dtype=dtype_name(hidden.dtype), hidden_size=str(hidden.shape[2]), transform=transform_for(hidden.dtype))
+    if scales is not None:
+        tensors[SCALES] = scales.to(torch.float32).contiguous()
     data = safetensors_bytes(tensors, metadata)
     write_bytes_atomic(path, data)
     return digest_bytes(data)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The storage dtype name (SPEC.md §2) of a torch dtype."""
+    return next(name for name, value in STORAGE_DTYPES.items() if value == dtype)
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -122,10 +148,11 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 
 class TensorShard:
-    """A memory-mapped tensor shard. Tensors are views on the file's pages (copy-on-write).
+    """A memory-mapped tensor shard, raw or zstd. Raw tensors are views on the file's pages (copy-on-write).
 
-    The whole safetensors header is checked when the shard is opened, so damage surfaces here, as a
-    SpecError naming the file, and never later as a KeyError in the middle of an epoch.
+    The whole safetensors header and the shard's layout are checked when it is opened, so damage
+    surfaces here, as a SpecError naming the file, and never later as a KeyError in mid-epoch
+    (a zstd frame's own content is checked when its record is decoded).
     """
 
     def __init__(self, path: str | Path, inside: str | Path | None = None):
@@ -137,40 +164,86 @@ class TensorShard:
             self.layer_ids = json.loads(self.metadata["layer_ids"])
         except ValueError as error:  # e.g. a number with more digits than Python converts
             raise SpecError(f"{self.path}: safetensors metadata: layer_ids is not a JSON list of integers: {error}") from None
-        for name in (HIDDEN, OFFSETS):
+        self.encoding = self.metadata.get("encoding", "raw")
+        needed = (HIDDEN, OFFSETS) if self.encoding == "raw" else (FRAMES, FRAME_OFFSETS, OFFSETS)
+        for name in needed:
             if name not in header:
-                raise SpecError(f"{self.path}: tensor {name!r} is missing")
-        self.tensors = {name: _view(self._map, data_start, header[name]) for name in (HIDDEN, OFFSETS, SCALES) if name in header}
-        self.hidden = self.tensors[HIDDEN]
+                raise SpecError(f"{self.path}: tensor {name!r} is missing ({self.encoding} encoding)")
+        unexpected = header.keys() - {*needed, SCALES}
+        if unexpected:
+            raise SpecError(f"{self.path}: unexpected tensor(s) {', '.join(sorted(unexpected))} in a {self.encoding} shard")
+        self.tensors = {name: _view(self._map, data_start, entry) for name, entry in header.items()}
         self.offsets = self.tensors[OFFSETS]
         self.scales = self.tensors.get(SCALES)
-        self._check_layout()
-
-    def _check_layout(self) -> None:
-        hidden, offsets = self.hidden, self.offsets
-        if hidden.dtype not in STORAGE_DTYPES.values():
-            raise SpecError(f"{self.path}: {HIDDEN} has dtype {hidden.dtype}, expected one of {', '.join(STORAGE_DTYPES)}")
-        if hidden.shape[1] != len(self.layer_ids):
-            raise SpecError(f"{self.path}: {HIDDEN} has {hidden.shape[1]} layers, metadata lists {len(self.layer_ids)} layer ids")
-        if offsets.dtype != torch.int64 or str(len(offsets) - 1) != self.metadata["num_records"]:
-            raise SpecError(f"{self.path}: {OFFSETS} must be int64 [num_records + 1]")
-        if offsets[0] != 0 or offsets[-1] != hidden.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
-            raise SpecError(f"{self.path}: {OFFSETS} must rise from 0 to {hidden.shape[0]} (the token count)")
-        fp8 = hidden.dtype == torch.float8_e4m3fn
-        if fp8 and (self.scales is None or self.scales.dtype != torch.float32 or tuple(self.scales.shape) != tuple(hidden.shape[:2])):
-            raise SpecError(f"{self.path}: fp8 storage needs {SCALES} float32 [tokens, layers]")
-        if not fp8 and self.scales is not None:
-            raise SpecError(f"{self.path}: {SCALES} is only allowed with float8_e4m3fn storage")
+        self._check_offsets()
+        if self.encoding == "raw":
+            self._check_raw_layout()
+        else:
+            self._check_zstd_layout()
+        self._check_scales()
 
     @property
     def num_records(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def _check_offsets(self) -> None:
+        offsets = self.offsets
+        if offsets.dtype != torch.int64 or str(len(offsets) - 1) != self.metadata["num_records"]:
+            raise SpecError(f"{self.path}: {OFFSETS} must be int64 [num_records + 1]")
+        if offsets[0] != 0 or bool((offsets[1:] < offsets[:-1]).any()):
+            raise SpecError(f"{self.path}: {OFFSETS} must rise from 0 (non-decreasing)")
+
+    def _check_raw_layout(self) -> None:
+        hidden = self.hidden = self.tensors[HIDDEN]
+        if hidden.dtype not in STORAGE_DTYPES.values():
+            raise SpecError(f"{self.path}: {HIDDEN} has dtype {hidden.dtype}, expected one of {', '.join(STORAGE_DTYPES)}")
+        if hidden.shape[1] != len(self.layer_ids):
+            raise SpecError(f"{self.path}: {HIDDEN} has {hidden.shape[1]} layers, metadata lists {len(self.layer_ids)} layer ids")
+        if self.offsets[-1] != hidden.shape[0]:
+            raise SpecError(f"{self.path}: {OFFSETS} must rise from 0 to {hidden.shape[0]} (the token count)")
+        self.storage_dtype, self.hidden_size = hidden.dtype, hidden.shape[2]
+
+    def _check_zstd_layout(self) -> None:
+        self.storage_dtype = STORAGE_DTYPES[self.metadata["storage_dtype"]]  # the schema allows only those names
+        self.hidden_size = int(self.metadata["hidden_size"])
+        if self.metadata["transform"] != transform_for(self.storage_dtype):
+            raise SpecError(f"{self.path}: transform {self.metadata['transform']!r} does not belong to {self.metadata['storage_dtype']} (expected {transform_for(self.storage_dtype)!r})")
+        frames, frame_offsets = self.tensors[FRAMES], self.tensors[FRAME_OFFSETS]
+        if frames.dtype != torch.uint8 or frame_offsets.dtype != torch.int64 or len(frame_offsets) != len(self.offsets):
+            raise SpecError(f"{self.path}: {FRAMES} must be uint8 and {FRAME_OFFSETS} int64 [num_records + 1]")
+        if frame_offsets[0] != 0 or frame_offsets[-1] != len(frames) or bool((frame_offsets[1:] < frame_offsets[:-1]).any()):
+            raise SpecError(f"{self.path}: {FRAME_OFFSETS} must rise from 0 to {len(frames)} (the bytes of {FRAMES})")
+        self._frames = frames.numpy()
+        self._frame_offsets = frame_offsets.tolist()
+
+    def _check_scales(self) -> None:
+        fp8 = self.storage_dtype == torch.float8_e4m3fn
+        shape = (self.num_tokens, len(self.layer_ids))
+        if fp8 and (self.scales is None or self.scales.dtype != torch.float32 or tuple(self.scales.shape) != shape):
+            raise SpecError(f"{self.path}: fp8 storage needs {SCALES} float32 [tokens, layers]")
+        if not fp8 and self.scales is not None:
+            raise SpecError(f"{self.path}: {SCALES} is only allowed with float8_e4m3fn storage")
+
     def record_rows(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stored hidden states [T, L, H] (and fp8 scales [T, L]) of record `index`, as views."""
+        """Stored hidden states [T, L, H] (and fp8 scales [T, L]) of record `index`: views (raw) or decoded (zstd)."""
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         scales = None if self.scales is None else self.scales[start:end]
-        return self.hidden[start:end], scales
+        if self.encoding == "raw":
+            return self.hidden[start:end], scales
+        frame = self._frames[self._frame_offsets[index] : self._frame_offsets[index + 1]]
+        shape = (end - start, len(self.layer_ids), self.hidden_size)
+        return decode_frame(frame, self.storage_dtype, shape, f"{self.path}: record {index}"), scales
+
+    def stored_hidden(self) -> torch.Tensor:
+        """All the shard's stored hidden states [tokens, L, H] (a view when raw; decoded, a copy, when zstd)."""
+        if self.encoding == "raw":
+            return self.hidden
+        rows = [self.record_rows(i)[0] for i in range(self.num_records)]
+        return torch.cat(rows) if rows else torch.empty((0, len(self.layer_ids), self.hidden_size), dtype=self.storage_dtype)
 
 
 @dataclass(frozen=True)

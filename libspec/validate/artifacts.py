@@ -122,6 +122,7 @@ def _check_dataset(report: Report) -> None:
             "verifier": manifest["verifier"]["name_or_path"],
             "layer_ids": manifest["hidden_states"]["layer_ids"],
             "storage_dtype": manifest["hidden_states"]["storage_dtype"],
+            "tensor_encoding": manifest["hidden_states"].get("tensor_encoding", "raw"),
             "num_shards": len(shards),
             "num_records": manifest["num_records"],
             "num_tokens": manifest["num_tokens"],
@@ -161,7 +162,13 @@ def _check_dataset_shard(report: Report, dataset: Dataset, index: int, seen_ids:
 
 
 def _check_finite(report: Report, tensors: TensorShard) -> None:
-    bad = nonfinite_count(tensors.hidden)
+    # A zstd shard is decoded record by record (memory stays one record), which checks every frame too.
+    pieces = [tensors.hidden] if tensors.encoding == "raw" else (tensors.record_rows(i)[0] for i in range(tensors.num_records))
+    try:
+        bad = sum(nonfinite_count(piece) for piece in pieces)
+    except SpecError as error:
+        report.problems.append(str(error))
+        return
     if tensors.scales is not None:
         bad += nonfinite_count(tensors.scales)
     if bad:
@@ -183,9 +190,10 @@ def _check_tensor_shard(report: Report) -> None:
     report.facts.update(
         {
             "num_records": tensors.num_records,
-            "num_tokens": tensors.hidden.shape[0],
+            "num_tokens": tensors.num_tokens,
             "layer_ids": tensors.layer_ids,
-            "storage_dtype": str(tensors.hidden.dtype).removeprefix("torch."),
+            "storage_dtype": str(tensors.storage_dtype).removeprefix("torch."),
+            "tensor_encoding": tensors.encoding,
         }
     )
 
