@@ -195,6 +195,19 @@ def verifier_tensor(verifier: VerifierConfig, suffix: str) -> torch.Tensor | Non
     return None
 
 
+def verifier_weight_file(verifier: VerifierConfig, suffix: str):
+    """(the WeightFile, the full name) of the verifier's local tensor whose name ends in `suffix`, or
+    None; it reads one tensor, or some rows, at a time (libspec/format/weights_file.py)."""
+    from libspec.format.weights_file import WeightFile
+
+    for path in verifier.weight_files:
+        weights = WeightFile(path)
+        for name in weights.names():
+            if name.endswith(suffix):
+                return weights, name
+    return None
+
+
 # ---- device and dtype ---------------------------------------------------------------------------
 
 

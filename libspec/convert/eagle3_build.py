@@ -286,16 +286,14 @@ def layer_facts(config: dict) -> dict:
 def reference_builder(source: Source, layout, conversion: Conversion, source_aux: tuple[int, ...], rope_config: dict):
     """A function making the source's own EAGLE-3 forward (reference.py) over its original names;
     `rope_config` is the source config part holding its RoPE fields."""
-    from libspec.convert.reference import Eagle3Reference, Heads, Rope
+    from libspec.convert.reference import Eagle3Reference, Heads, ReferenceWeights, Rope
 
     tl = conversion.config["transformer_layer_config"]
     ascending = sorted(source_aux)
     source_order = [ascending.index(layer_id) for layer_id in source_aux]  # reference's block i = ascending block source_order[i]
 
-    def build(shared: dict[str, torch.Tensor]) -> Eagle3Reference:
-        weights = {name: t.float() if t.is_floating_point() else t for name, t in source.tensors.items()}
-        for name, tensor in shared.items():
-            weights.setdefault(name, tensor)
+    def build(borrowed) -> Eagle3Reference:
+        weights = ReferenceWeights(source.tensors, borrowed)
         shape = Heads(tl["num_attention_heads"], tl["num_key_value_heads"], tl["head_dim"], tl["rms_norm_eps"])
         return Eagle3Reference(weights, layout, shape, Rope(rope_config, tl["head_dim"]), len(source_aux), source_order)
 

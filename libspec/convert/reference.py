@@ -12,10 +12,43 @@ attention (no SDPA), their own RMSNorm and RoPE.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Borrowed:
+    """What the check lends both sides: the verifier's weights a source leaves to it (embed_tokens,
+    lm_head), already cut to the check's rows, and those rows (`rows[name]`, None: all of them)."""
+
+    tensors: dict
+    rows: dict
+
+
+class ReferenceWeights(Mapping):
+    """A source's tensors as a reference forward reads them, by their original names: each read
+    is a fresh float32 copy (the whole source is never held in float32), vocabulary tables cut to
+    the check's rows, and the borrowed verifier weights for what the source does not have."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], borrowed: Borrowed):
+        self.tensors, self.borrowed = tensors, borrowed
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            return self.borrowed.tensors[name]
+        tensor, rows = self.tensors[name], self.borrowed.rows.get(name)
+        if rows is not None:
+            tensor = tensor[rows]
+        return tensor.float() if tensor.is_floating_point() else tensor
+
+    def __iter__(self):
+        return iter(set(self.tensors) | set(self.borrowed.tensors))
+
+    def __len__(self) -> int:
+        return len(set(self.tensors) | set(self.borrowed.tensors))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ from libspec.format.atomic import atomic_directory, default_file_mode, write_tex
 from libspec.format.digest import FileDigest, digest_file
 from libspec.format.json_files import read_json_object
 from libspec.format.paths import inside, read_weight_map
+from libspec.format.weights_file import WeightFile, write_weights
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -216,6 +217,15 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
     return tensors
 
 
+def tensor_readers(directory: str | Path) -> dict[str, WeightFile]:
+    """name -> the weights file holding it, read one tensor at a time (libspec/format/weights_file.py)."""
+    readers = {}
+    for path in weight_files(directory):
+        weights = WeightFile(path)
+        readers.update({name: weights for name in weights.names()})
+    return readers
+
+
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement.
 
@@ -224,8 +234,9 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
     """
     directory = Path(directory)
     with atomic_directory(directory) as staging:
-        contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        safetensors.torch.save_file(contiguous, str(staging / WEIGHTS), metadata={"format": "pt"})
+        # Streamed tensor by tensor: a converted 2 GB source is never a second time in memory.
+        with open(staging / WEIGHTS, "wb") as handle:
+            write_weights(handle, tensors, metadata={"format": "pt"})
         config = with_weight_digests(config, staging)
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
