@@ -590,11 +590,18 @@ def saved_tiny_verifier(directory):
     return directory
 
 
-@pytest.mark.parametrize("make, k", [(safeailab_eagle3_source, 7), (eagle1_source, 7), (zlab_dflash_source, 3)])
-def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, make, k):
+@pytest.mark.parametrize(
+    "make, k, borrowed",
+    [
+        (safeailab_eagle3_source, 7, "none (the draft has its own embed_tokens and lm_head)"),
+        (eagle1_source, 7, "the verifier's lm_head"),
+        (zlab_dflash_source, 3, "the verifier's embed_tokens and lm_head"),
+    ],
+)
+def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, make, k, borrowed):
     verifier = saved_tiny_verifier(tmp_path / "verifier")
     result = run_convert(make(tmp_path), verifier, tmp_path / "out", check_acceptance=True)
-    assert result.numeric_check["shared_weights"] == "the verifier's embed_tokens and lm_head"
+    assert result.numeric_check["shared_weights"] == borrowed  # the check reads from the verifier only what the draft lacks
     acceptance = result.acceptance
     assert acceptance["k"] == k and acceptance["lossless"] is True and 1.0 <= acceptance["tau"] <= k + 1
     assert sum(acceptance["histogram"]) > 0

@@ -94,21 +94,32 @@ class CheckVocabulary:
         return "" if self.head_rows is None else f" (over {len(self.head_rows)} random rows of lm_head)"
 
 
-def borrowed_weights(verifier: VerifierConfig, hidden: int, vocab: int, rows: CheckVocabulary, generator: torch.Generator) -> tuple[Borrowed, str]:
-    """The rows the check reads of the verifier's embed_tokens and lm_head (local weights), or random stand-ins."""
-    files = {name: verifier_weight_file(verifier, name) for name in ("embed_tokens.weight", "lm_head.weight")}
-    if files["lm_head.weight"] is None:
-        files["lm_head.weight"] = files["embed_tokens.weight"]  # tied embeddings
-    if all(found is not None and tuple(found[0].shape(found[1])) == (vocab, hidden) for found in files.values()):
-        wanted = rows.rows()
-        tensors = {name: reader.read(key, rows=wanted[name], dtype=torch.float32) for name, (reader, key) in files.items()}
-        return Borrowed(tensors, wanted), "the verifier's embed_tokens and lm_head"
-    head = len(rows.head_rows) if rows.head_rows is not None else vocab
-    stand_ins = {
-        "embed_tokens.weight": torch.randn(len(rows.ids), hidden, generator=generator),
-        "lm_head.weight": torch.randn(head, hidden, generator=generator) / hidden**0.5,
-    }
-    return Borrowed(stand_ins, rows.rows()), "random stand-ins for the verifier's embed_tokens and lm_head (its weights are not local)"
+def borrowed_weights(verifier: VerifierConfig, hidden: int, vocab: int, rows: CheckVocabulary, generator: torch.Generator) -> tuple[Borrowed, dict[str, str]]:
+    """The verifier's embed_tokens / lm_head, each read on first use and only the check's rows: its
+    own when its weights are local, else a random stand-in. Also returns name -> where it came from."""
+    wanted, origins = rows.rows(), {}
+
+    def fetch(name: str) -> torch.Tensor:
+        found = verifier_weight_file(verifier, name)
+        if found is None and name == "lm_head.weight":
+            found = verifier_weight_file(verifier, "embed_tokens.weight")  # tied embeddings
+        if found is not None and tuple(found[0].shape(found[1])) == (vocab, hidden):
+            origins[name] = "the verifier's"
+            return found[0].read(found[1], rows=wanted[name], dtype=torch.float32)
+        origins[name] = "a random stand-in (the verifier's weights are not local) for the verifier's"
+        count = len(rows.ids) if name == "embed_tokens.weight" else vocab if rows.head_rows is None else len(rows.head_rows)
+        return torch.randn(count, hidden, generator=generator) * (1.0 if name == "embed_tokens.weight" else hidden**-0.5)
+
+    return Borrowed(fetch, wanted), origins
+
+
+def _shared_from(origins: dict[str, str]) -> str:
+    if not origins:
+        return "none (the draft has its own embed_tokens and lm_head)"
+    grouped: dict[str, list[str]] = {}
+    for name, origin in sorted(origins.items()):
+        grouped.setdefault(origin, []).append(name.removesuffix(".weight"))
+    return "; ".join(f"{origin} {' and '.join(names)}" for origin, names in grouped.items())
 
 
 def _positions(start: int, length: int) -> torch.Tensor:
@@ -128,15 +139,16 @@ def _draft(model_class, config: dict, readers: dict, borrowed: Borrowed):
     def load(name: str) -> torch.Tensor:
         if name in readers:
             return readers[name].read(name, rows=wanted.get(name), dtype=torch.float32)
-        return borrowed.tensors[name]
+        return borrowed[name]
 
     return streamed_parameters(model, load)
 
 
-def _sides(config, readers, conversion, verifier, generator, fed_ids, head_size, hidden, vocab):
+def _sides(conversion, verifier, generator, fed_ids, head_size, hidden, vocab):
+    """The check's vocabulary, what it borrows from the verifier (on first use), and the source's forward."""
     rows = CheckVocabulary.of(fed_ids, head_size, generator)
-    borrowed, shared_from = borrowed_weights(verifier, hidden, vocab, rows, generator)
-    return rows, borrowed, conversion.reference(borrowed), shared_from
+    borrowed, origins = borrowed_weights(verifier, hidden, vocab, rows, generator)
+    return rows, borrowed, conversion.reference(borrowed), origins
 
 
 def _compare_eagle3(config, readers, conversion, verifier, generator):
@@ -146,7 +158,7 @@ def _compare_eagle3(config, readers, conversion, verifier, generator):
     following = torch.randint(0, vocab, (1, 1), generator=generator)
     start = int(torch.randint(0, 64, (1,), generator=generator))
     head = readers["lm_head.weight"].shape("lm_head.weight")[0]
-    rows, borrowed, reference, shared_from = _sides(config, readers, conversion, verifier, generator, torch.cat([ids, following], 1), head, hidden, vocab)
+    rows, borrowed, reference, origins = _sides(conversion, verifier, generator, torch.cat([ids, following], 1), head, hidden, vocab)
     ids, following = rows.local(ids), rows.local(following)
     with _draft(Eagle3Draft, config, readers, borrowed) as draft:
         aux = torch.randn(1, CONTEXT, draft.num_aux * hidden, generator=generator)
@@ -156,7 +168,7 @@ def _compare_eagle3(config, readers, conversion, verifier, generator):
     theirs, their_fed = reference.step(ids, reference.project(aux), _positions(start, CONTEXT))
     theirs_next, _ = reference.step(following, their_fed[:, -1:], _positions(start + CONTEXT, 1))
     compared = f"logits of 2 drafting steps ({CONTEXT} positions, then 1 fed back){rows.describe()}"
-    return [(ours, theirs), (ours_next, theirs_next)], compared, shared_from
+    return [(ours, theirs), (ours_next, theirs_next)], compared, _shared_from(origins)
 
 
 def _compare_eagle(config, readers, conversion, verifier, generator):
@@ -165,9 +177,9 @@ def _compare_eagle(config, readers, conversion, verifier, generator):
     following = torch.randint(0, vocab, (1, 1), generator=generator)
     start = int(torch.randint(0, 64, (1,), generator=generator))
     features = torch.randn(1, CONTEXT, hidden, generator=generator)
-    rows, borrowed, reference, shared_from = _sides(config, readers, conversion, verifier, generator, torch.cat([ids, following], 1), vocab, hidden, vocab)
+    rows, borrowed, reference, origins = _sides(conversion, verifier, generator, torch.cat([ids, following], 1), vocab, hidden, vocab)
     ids, following = rows.local(ids), rows.local(following)
-    head = borrowed.tensors["lm_head.weight"]
+    head = borrowed["lm_head.weight"]
     with _draft(EagleDraft, config, readers, borrowed) as draft:
         cache = DraftCache.empty(len(draft.layers))
         fed = draft(ids, features, _positions(start, CONTEXT), cache=cache)
@@ -175,7 +187,7 @@ def _compare_eagle(config, readers, conversion, verifier, generator):
     theirs, their_fed = reference.step(ids, features, _positions(start, CONTEXT))
     theirs_next, _ = reference.step(following, their_fed[:, -1:], _positions(start + CONTEXT, 1))
     compared = f"logits (through the verifier's lm_head) of 2 drafting steps ({CONTEXT} positions, then 1 fed back){rows.describe()}"
-    return [(F.linear(fed, head), theirs), (F.linear(fed_next, head), theirs_next)], compared, shared_from
+    return [(F.linear(fed, head), theirs), (F.linear(fed_next, head), theirs_next)], compared, _shared_from(origins)
 
 
 def _compare_dflash(config, readers, conversion, verifier, generator):
@@ -187,10 +199,10 @@ def _compare_dflash(config, readers, conversion, verifier, generator):
     block[0, 0] = int(torch.randint(0, vocab, (1,), generator=generator))
     start = int(torch.randint(0, 64, (1,), generator=generator))
     head = readers["lm_head.weight"].shape("lm_head.weight")[0] if "lm_head.weight" in readers else config.get("draft_vocab_size") or vocab
-    rows, borrowed, reference, shared_from = _sides(config, readers, conversion, verifier, generator, block, head, hidden, vocab)
+    rows, borrowed, reference, origins = _sides(conversion, verifier, generator, block, head, hidden, vocab)
     block = rows.local(block)
     context_positions, block_positions = _positions(start, CONTEXT), _positions(start + CONTEXT, block_size)
     with _draft(DFlashDraft, config, readers, borrowed) as draft:
         ours = draft(block, aux, context_positions, block_positions)
     theirs = reference.block(block, aux, context_positions, block_positions)
-    return [(ours, theirs)], f"logits of one block of {block_size} slots over {CONTEXT} context positions{rows.describe()}", shared_from
+    return [(ours, theirs)], f"logits of one block of {block_size} slots over {CONTEXT} context positions{rows.describe()}", _shared_from(origins)

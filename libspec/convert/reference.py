@@ -12,20 +12,26 @@ attention (no SDPA), their own RMSNorm and RoPE.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
 class Borrowed:
-    """What the check lends both sides: the verifier's weights a source leaves to it (embed_tokens,
-    lm_head), already cut to the check's rows, and those rows (`rows[name]`, None: all of them)."""
+    """What the check lends both sides: the verifier's tables a draft leaves to it (embed_tokens,
+    lm_head), cut to the check's rows (`rows[name]`, None: all), each read by `fetch` on first use."""
 
-    tensors: dict
-    rows: dict
+    def __init__(self, fetch: Callable[[str], torch.Tensor], rows: dict):
+        self.fetch, self.rows, self.tensors = fetch, rows, {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.rows:  # only the vocabulary tables are the verifier's to lend
+            raise KeyError(name)
+        if name not in self.tensors:
+            self.tensors[name] = self.fetch(name)
+        return self.tensors[name]
 
 
 class ReferenceWeights(Mapping):
@@ -38,7 +44,7 @@ class ReferenceWeights(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.tensors:
-            return self.borrowed.tensors[name]
+            return self.borrowed[name]
         tensor, rows = self.tensors[name], self.borrowed.rows.get(name)
         if rows is not None:
             tensor = tensor[rows]

@@ -56,13 +56,33 @@ class WeightFile:
         """Tensor `name` (only `rows` of its first dimension when given), cast to `dtype` when given.
 
         Without a cast it is a view on a map made for this read: its pages leave memory with it.
+        Rows given as a tensor of indices are read one by one instead: through a map, the kernel
+        would also map the pages around each row (fault-around), i.e. most of a big table.
         """
+        if isinstance(rows, torch.Tensor):
+            picked = self._read_rows(name, rows)
+            return picked if dtype is None else picked.to(dtype)
         with open_regular(self.path, "weights file", inside=self.inside) as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if os.fstat(handle.fileno()).st_size else None
         view = _view(mapped, self.data_start, self.entries[name])
         if rows is not None:
             view = view[rows]
         return view if dtype is None else view.to(dtype)
+
+    def _read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        entry = self.entries[name]
+        out = torch.empty((len(rows), *entry.shape[1:]), dtype=entry.dtype)
+        row_bytes = entry.dtype.itemsize * math.prod(entry.shape[1:])
+        if not len(rows) or not row_bytes:
+            return out
+        if int(rows.min()) < 0 or int(rows.max()) >= entry.shape[0]:
+            raise IndexError(f"{self.path}: rows of {name} outside [0, {entry.shape[0]})")
+        buffer = out.view(-1).view(torch.uint8).numpy()
+        with open_regular(self.path, "weights file", inside=self.inside) as handle:
+            for index, row in enumerate(rows.tolist()):
+                handle.seek(self.data_start + entry.begin + row * row_bytes)
+                handle.readinto(memoryview(buffer)[index * row_bytes : (index + 1) * row_bytes])
+        return out
 
     def read_in_chunks(self, name: str, chunk_bytes: int = 64 << 20) -> Iterator[torch.Tensor]:
         """Tensor `name` as consecutive row blocks of about `chunk_bytes`, each from a map of its own."""

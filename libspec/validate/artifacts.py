@@ -305,12 +305,12 @@ def _check_weight_names_and_shapes(report: Report, config: dict, expected: dict,
 
 
 def _check_weight_values(report: Report, config: dict, algorithm) -> None:
-    # Block by block, each from a map of its own: validating a 2 GB checkpoint holds ~64 MB of it.
+    # Block by block, each from a map of its own: validating a 2 GB checkpoint holds ~16 MB of it.
     readers = ckpt.tensor_readers(report.path)
     for name, reader in readers.items():
         if not reader.entries[name].dtype.is_floating_point:
             continue
-        bad = sum(nonfinite_count(chunk.reshape(-1, chunk.shape[-1]) if chunk.dim() > 1 else chunk.reshape(-1, 1)) for chunk in reader.read_in_chunks(name))
+        bad = sum(nonfinite_count(chunk.reshape(-1, chunk.shape[-1]) if chunk.dim() > 1 else chunk.reshape(-1, 1)) for chunk in reader.read_in_chunks(name, 16 << 20))
         if bad:
             report.problems.append(f"{ckpt.WEIGHTS}: tensor {name} has {bad} NaN/inf values")
     if "d2t" in readers:
