@@ -182,3 +182,8 @@ verifier *ARGS:
 # spec-train vs upstream speculators' EAGLE-3 trainer: tokens/s, peak memory, held-out tau
 bench-train *ARGS:
     python -m tools.bench_train {{ARGS}}
+
+# spec-convert vs upstream speculators' converter (from `./just gates`): peak RSS / source bytes on
+# each published layout at full size (random weights; sources built once under ~/.cache/spec-tools)
+bench-convert *ARGS:
+    python -m tools.bench_convert {{ARGS}}

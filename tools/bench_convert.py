@@ -39,15 +39,15 @@ UPSTREAM_ALGORITHM = {"safeailab-eagle3": "eagle3", "specforge-eagle3": "eagle3"
 
 @dataclass
 class ChildRun:
-    """One child process: exit status, peak resident memory, wall time, and the tail of its output."""
+    """One child process: exit status, peak resident memory, wall time, and its output (stdout + stderr)."""
 
     returncode: int
     peak_rss_bytes: int
     wall_s: float
-    output_tail: str
+    output: str
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"returncode": self.returncode, "peak_rss_bytes": self.peak_rss_bytes, "wall_s": round(self.wall_s, 1), "output_tail": self.output[-1500:]}
 
 
 def run_measured(command: Sequence[str], env: dict | None = None, cwd: Path = REPO) -> ChildRun:
@@ -59,7 +59,7 @@ def run_measured(command: Sequence[str], env: dict | None = None, cwd: Path = RE
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     child.stdout.close()
-    return ChildRun(child.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output[-2000:])
+    return ChildRun(child.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output)
 
 
 def child_env() -> dict:
