@@ -690,3 +690,15 @@ def test_converting_holds_at_most_twice_the_source_in_memory(tmp_path, import_fl
     assert json.loads(child.output[child.output.index("{") :])["numeric_check"]["passed"]
     above_floor = child.peak_rss_bytes - import_floor_bytes
     assert above_floor <= 2 * size, f"peak {child.peak_rss_bytes / 1e6:.0f} MB, floor {import_floor_bytes / 1e6:.0f} MB, source {size / 1e6:.0f} MB"
+
+
+def test_pickles_in_torchs_legacy_format_are_read_without_a_map(tmp_path):
+    """torch.load can map only the zip format (torch.save's since 1.6); older files are read whole."""
+    from libspec.convert.source import read_weights
+
+    tensors = {"fc.weight": torch.randn(4, 8), "d2t": torch.arange(3)}
+    torch.save(tensors, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    torch.save(tensors, tmp_path / "zip.bin")
+    for name in ("legacy.bin", "zip.bin"):
+        read = read_weights(tmp_path / name)
+        assert read.keys() == tensors.keys() and all(torch.equal(read[n], t) for n, t in tensors.items())

@@ -28,7 +28,7 @@ from libspec.convert.common import (
     t2d_from_d2t,
     unify_float_dtype,
 )
-from libspec.verifier import VerifierConfig, verifier_tensor
+from libspec.verifier import VerifierConfig, verifier_weight_file
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
@@ -133,9 +133,10 @@ def _borrow_lm_head(tensors, verifier: VerifierConfig, decisions, where: str) ->
     """A full-vocabulary source may leave lm_head to the verifier; our format stores it (SPEC.md §11.2)."""
     if "lm_head.weight" in tensors or "d2t" in tensors:
         return
-    head = verifier_tensor(verifier, "lm_head.weight")
-    if head is None and verifier.config.get("tie_word_embeddings"):
-        head = verifier_tensor(verifier, "embed_tokens.weight")
+    found = verifier_weight_file(verifier, "lm_head.weight")
+    if found is None and verifier.config.get("tie_word_embeddings"):
+        found = verifier_weight_file(verifier, "embed_tokens.weight")
+    head = None if found is None else found[0].read(found[1])  # a view on the verifier's file, read as it is written out
     if head is None:
         raise SpecError(f"{where}: no lm_head (the source uses the verifier's); name a local verifier folder with its weights so it can be copied")
     tensors["lm_head.weight"] = head
