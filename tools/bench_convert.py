@@ -82,7 +82,7 @@ def upstream_python() -> Path | None:
     return gate_python()
 
 
-def measure_layout(name: str, scale: float, work: Path, python: Path | None) -> dict:
+def measure_layout(name: str, scale: float, work: Path, python: Path | None, upstream_wanted: bool = True) -> dict:
     """Build one layout's source (reused when already built) and convert it with each converter."""
     source, verifier = build_source(name, scale, work / f"{name}@{scale:g}")
     row = {"layout": name, "published_as": convert_sources.LAYOUTS[name].published_as, "source_bytes": convert_sources.source_bytes(source)}
@@ -93,6 +93,8 @@ def measure_layout(name: str, scale: float, work: Path, python: Path | None) -> 
     algorithm = UPSTREAM_ALGORITHM.get(convert_sources.LAYOUTS[name].kind)
     if algorithm is None:
         row["upstream"] = {"skipped": "not supported by upstream"}
+    elif not upstream_wanted:
+        row["upstream"] = {"skipped": "not run (--no-upstream)"}
     elif python is None:
         row["upstream"] = {"skipped": "upstream not installed (./just gates)"}
     else:
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = None if args.no_upstream else upstream_python()
     machine = machine_description()
     floors = import_floors(python)
-    rows = [measure_layout(name, args.scale, args.work, python) for name in args.layouts]
+    rows = [measure_layout(name, args.scale, args.work, python, not args.no_upstream) for name in args.layouts]
     if args.json:
         print_json({"machine": machine, "scale": args.scale, "import_floor_bytes": floors, "layouts": rows})
     else:
