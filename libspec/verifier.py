@@ -19,6 +19,7 @@ from libspec.errors import SpecError
 from libspec.format.digest import digest_file, sha256_text
 from libspec.format.json_files import read_json_object
 from libspec.format.paths import inside, read_weight_map
+from libspec.verifier_weights import digest_weights, weights_differences, weights_unchecked
 
 # Every file any HF tokenizer may be loaded from; whichever exist are hashed.
 TOKENIZER_FILES = (
@@ -112,17 +113,28 @@ class VerifierFingerprint:
     tokenizer_sha256: str
     tokenizer_files: dict[str, str]
     chat_template_sha256: str | None
+    weights: dict[str, dict] | None = None  # libspec.verifier_weights; None: recorded before weights were
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["weights"] is None:
+            del data["weights"]  # an old fingerprint read back stays as it was written
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "VerifierFingerprint":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        weights = data.get("weights")
+        if weights is not None and not (isinstance(weights, dict) and all(isinstance(v, dict) for v in weights.values())):
+            raise TypeError("weights: expected a map of file name to digests")  # callers treat it as an incomplete record
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "weights"}, weights=weights)
 
 
-def fingerprint_verifier(name_or_path: str) -> VerifierFingerprint:
-    """Fingerprint a verifier folder (or cached Hub id) from its config and tokenizer files."""
+def fingerprint_verifier(name_or_path: str, like: VerifierFingerprint | None = None) -> VerifierFingerprint:
+    """Fingerprint a verifier folder (or cached Hub id) from its config, tokenizer and weight files.
+
+    `like` is a recorded fingerprint this one will be compared with: the weight digests it has are
+    computed here too (libspec.verifier_weights.digest_weights).
+    """
     model_dir = resolve_model_dir(name_or_path)
     config = read_model_config(model_dir)
     _check_shape(model_dir, config)
@@ -143,13 +155,22 @@ def fingerprint_verifier(name_or_path: str) -> VerifierFingerprint:
         tokenizer_sha256=tokenizer_sha,
         tokenizer_files=tokenizer_files,
         chat_template_sha256=None if template is None else sha256_text(template),
+        weights=digest_weights(model_dir, like.weights if like is not None else None),
     )
 
 
 def fingerprint_differences(a: VerifierFingerprint, b: VerifierFingerprint) -> list[str]:
-    """Fields that differ in a way that matters for training (the name/path may differ)."""
+    """Fields that differ in a way that matters for training (the name/path may differ); weights are
+    compared where both sides have a digest of the same kind (see `weights_not_checked`)."""
     keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "config_sha256", "tokenizer_sha256")
-    return [f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys if getattr(a, k) != getattr(b, k)]
+    differences = [f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys if getattr(a, k) != getattr(b, k)]
+    return differences + weights_differences(a.weights, b.weights)
+
+
+def weights_not_checked(recorded: VerifierFingerprint, current: VerifierFingerprint) -> str | None:
+    """Why `fingerprint_differences` could not compare the weights (e.g. data made before they were
+    recorded), for a one-line warning; None when it did compare them."""
+    return weights_unchecked(recorded.weights, current.weights)
 
 
 # ---- the config-only view (spec-convert: shapes and a few tensors, never the whole model) -------
@@ -269,8 +290,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     path = resolve_model_dir(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise SpecError(f"{name_or_path}: cannot load its tokenizer: {error}") from None
+    except (OSError, ValueError, KeyError) as error:  # KeyError: a tokenizer.json transformers cannot read (no added_tokens)
+        raise SpecError(f"{name_or_path}: cannot load its tokenizer: {type(error).__name__}: {error}") from None
 
 
 def _token_ids(values) -> set[int]:

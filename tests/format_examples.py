@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,7 +33,11 @@ EXAMPLE_VERIFIER = {
 
 
 def example_header(work: Path, dtype: str) -> dict:
-    verifier = fingerprint_verifier(str(write_fake_verifier(work / "verifier", EXAMPLE_VERIFIER)))
+    folder = write_fake_verifier(work / "verifier", EXAMPLE_VERIFIER)
+    # One small weight file, so the fingerprint shows a weights digest (SPEC.md §3).
+    weight = torch.arange(64 * 8, dtype=torch.float32).reshape(64, 8) / 512
+    safetensors.torch.save_file({"model.embed_tokens.weight": weight}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    verifier = fingerprint_verifier(str(folder))
     verifier = type(verifier)(**{**verifier.to_dict(), "name_or_path": "examples/tiny-llama"})
     return make_header(verifier, [2, 3, 4], dtype, tool="format-examples", metadata={"note": "random values"}, created_at=CREATED_AT)
 

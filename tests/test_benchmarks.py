@@ -118,3 +118,12 @@ def test_the_real_extra_pins_what_the_code_reads():
     real_extra = set(pyproject["project"]["optional-dependencies"]["real"])
     assert {GGUF_PIN, *(b.pin for b in BENCHMARKS.values())} <= real_extra
     assert {pin.split("==")[0] for pin in real_extra} >= {"gguf", "accelerate"}
+
+
+def test_mt_bench_subset_spreads_over_its_categories():
+    items = load_prompt_set("mt-bench:16").items
+    categories = [item["category"] for item in items]
+    assert len(set(categories)) == 8 and all(categories.count(c) == 2 for c in set(categories))
+    assert len(set(item["id"] for item in items)) == 16
+    assert [i["category"] for i in load_prompt_set("mt-bench:3").items] == [i["category"] for i in items[:3]]
+    assert len(load_prompt_set("mt-bench").items) == 80

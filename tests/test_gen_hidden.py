@@ -163,6 +163,18 @@ def test_rerun_with_other_options_is_refused(capsys, tmp_path, verifier_dir, inp
         main([*argv, "--layers", "0,4"])
 
 
+def test_rerun_into_a_data_set_without_a_weights_digest_is_refused_saying_why(capsys, tmp_path, verifier_dir, inputs):
+    """A data set begun before the verifier fingerprint had a weights digest is not continued with one."""
+    argv = ["--verifier", str(verifier_dir), "--data", str(inputs), "--skip-bad", "-o", str(tmp_path / "out")]
+    run_json(capsys, *argv)
+    manifest_path = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["verifier"]["weights"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SpecError, match=r"manifest.json: field verifier records no weights digest \(an older spec-tools made it\)"):
+        main(argv)
+
+
 def test_bad_input_stops_the_run_with_file_and_line(tmp_path, verifier_dir, inputs):
     with pytest.raises(SpecError, match=r"in.jsonl:34: not valid JSON"):
         main(["--quiet", "--verifier", str(verifier_dir), "--data", str(inputs), "-o", str(tmp_path / "out")])

@@ -18,7 +18,7 @@ from libspec.format import checkpoint as ckpt
 LIBSPEC = Path(algorithms.__file__).resolve().parents[1]
 REPO = LIBSPEC.parent
 ENTRY_POINTS = ("ALGORITHM", "config_problems", "config_warnings", "expected_tensors", "verifier_problems", "checkpoint_facts", "load_proposer", "training")
-TRAINING_ENTRY_POINTS = ("Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units")
+TRAINING_ENTRY_POINTS = ("Options", "FULL_VOCABULARY", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units")
 
 
 @pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
@@ -33,9 +33,9 @@ def test_every_algorithm_provides_the_plug_in_entry_points(name):
 
 def test_trainable_algorithms_come_from_the_registry():
     assert algorithms.trainable_algorithms() == tuple(n for n, p in algorithms.ALGORITHMS.items() if p.training is not None)
-    assert "eagle3" in algorithms.trainable_algorithms()
-    with pytest.raises(SpecError, match="--algorithm 'dflash': expected one of eagle3"):
-        algorithms.training_for("dflash")
+    assert set(algorithms.trainable_algorithms()) == {"eagle3", "dflash", "eagle"}  # every algorithm we have can be trained
+    with pytest.raises(SpecError, match="--algorithm 'medusa': expected one of eagle3, dflash, eagle"):
+        algorithms.training_for("medusa")
 
 
 def test_load_proposer_dispatches_through_the_registry(tmp_path, monkeypatch):
@@ -51,10 +51,10 @@ def test_load_proposer_dispatches_through_the_registry(tmp_path, monkeypatch):
 
 
 def test_spec_train_offers_only_trainable_algorithms():
-    result = subprocess.run([sys.executable, "-m", "tools.spec_train", "--data", "d", "--verifier", "v", "-o", "o", "--algorithm", "dflash"],
+    result = subprocess.run([sys.executable, "-m", "tools.spec_train", "--data", "d", "--verifier", "v", "-o", "o", "--algorithm", "medusa"],
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2
-    assert "invalid choice: 'dflash'" in result.stderr
+    assert "invalid choice: 'medusa'" in result.stderr
 
 
 def _modules() -> dict[str, Path]:

@@ -27,7 +27,7 @@ from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.measure import derive
 from libspec.errors import SpecError
 from libspec.verifier import fingerprint_verifier
-from libspec.publish.model_card import number
+from libspec.publish.model_card import measured_table, number
 from libspec.publish.push import PushOptions, plan_push, write_folder
 from libspec.validate.artifacts import validate
 from tools import spec_bench, spec_push
@@ -96,6 +96,16 @@ def table_rows(card: str, heading: str) -> list[list[str]]:
 # ---- the card -------------------------------------------------------------------------------
 
 
+def test_card_marks_an_in_run_prediction_of_a_report_without_isolated_costs(measured):
+    report = report_of(measured)
+    for prompt_set in report["prompt_sets"]:
+        for run in prompt_set["runs"]:
+            run["derived"].pop("isolated")
+    rows = [line.strip("|").split("|") for line in measured_table(report).splitlines()[2:]]
+    first = report["prompt_sets"][0]["runs"][0]["derived"]
+    assert rows[0][6].strip() == f"{first['predicted_speedup']:.2f}×*" and rows[0][7].strip() == "—"
+
+
 def test_card_numbers_are_the_reports(measured):
     report = report_of(measured)
     assert all(not run["derived"]["flags"] for s in report["prompt_sets"] for run in s["runs"])  # a clean report
@@ -112,7 +122,8 @@ def test_card_numbers_are_the_reports(measured):
             expected.append([
                 prompt_set["name"], str(prompt_set["num_prompts"]), k, f"{d['tau']:.2f}",
                 " ".join(f"{a:.2f}" for a in d["per_position_acceptance"]), f"{d['speedup']:.2f}×",
-                f"{d['predicted_speedup']:.2f}×", f"{d['tokens_per_s']:.0f}", f"{d['baseline_tokens_per_s']:.0f}", "✓",
+                f"{d['isolated']['predicted_speedup']:.2f}×", f"{d['isolated']['efficiency']:.2f}",
+                f"{d['tokens_per_s']:.0f}", f"{d['baseline_tokens_per_s']:.0f}", "✓",
             ])  # fmt: skip
     assert rows == expected
     settings = report["settings"]

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
     data = Path(args.data) if args.data else default_data(verifier_dir, args.samples, args.seed, args.regenerate, env)
-    common = {"tokens_per_batch": args.tokens_per_batch, "seed": args.seed, "ttt_steps": args.k}
+    # Each algorithm reads the fields it has: EAGLE-3 ttt_steps, EAGLE-1 speculative_tokens (--variant x='{"algorithm": "eagle"}').
+    common = {"tokens_per_batch": args.tokens_per_batch, "seed": args.seed, "ttt_steps": args.k, "speculative_tokens": args.k}
     variants = ([] if args.no_default else [("spec-train", {})]) + [_variant(v) for v in args.variant]
 
     if args.speed_only:
@@ -270,7 +271,8 @@ def default_data(verifier_dir: Path, samples: int, seed: int, regenerate: bool, 
 def acceptance_report(verifier_dir: Path, data: Path, results: list[dict], args) -> dict:
     from transformers import AutoTokenizer
 
-    from libspec.algorithms.eagle3.model import Eagle3Proposer, load_proposer
+    from libspec.algorithms import load_proposer
+    from libspec.algorithms.eagle3.model import Eagle3Proposer
     from libspec.train.config import TrainConfig
     from libspec.train.loop import build_draft, prepare
 

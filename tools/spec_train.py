@@ -1,4 +1,4 @@
-"""spec-train: train an EAGLE-3 draft for a verifier from a spec-tools data set or stream."""
+"""spec-train: train an EAGLE-3 or DFlash draft for a verifier from a spec-tools data set or stream."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import sys
 from typing import Sequence
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from libspec.algorithms import trainable_algorithms, training_for
@@ -16,12 +17,13 @@ from libspec.train.loop import TrainResult, train
 from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout
 
 DESCRIPTION = """\
-Train an EAGLE-3 draft (speculator) for VERIFIER on hidden states captured by spec-gen-hidden.
+Train an EAGLE-3 (default) or DFlash draft (speculator) for VERIFIER on hidden states captured
+by spec-gen-hidden.
 
 Checks first that the data was made by this verifier (fingerprint), has its hidden size, and
-captured the aux layers and the last layer the teacher needs. Then trains with test-time-training
-steps against the verifier's own distribution, writing SPEC.md checkpoints that `vllm serve`
-runs as they are:
+captured the aux layers and the last layer the teacher needs. Then trains against the verifier's
+own head (EAGLE-3: test-time-training steps; DFlash: anchored blocks of mask tokens, one pass per
+block), writing SPEC.md checkpoints that `vllm serve` runs as they are:
 
   OUT/checkpoint-epoch-E/   after every epoch         OUT/best -> the best one (validation tau_sim)
   OUT/checkpoint-step-N/    every --save-every steps  OUT/metrics.jsonl  one line per step
@@ -37,6 +39,8 @@ examples:
   spec-train --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-eagle3 --epochs 3
   spec-gen-hidden ... -o - | spec-train --data - --verifier V -o runs/x
   torchrun --nproc-per-node 2 -m tools.spec_train --data data/ --verifier V -o runs/x
+  spec-train --algorithm dflash --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-dflash --aux-layer-ids 2,10,18,26,34
+  spec-train --algorithm eagle --data data/ --verifier V -o runs/x-hass --hass-topk 10 --hass-align-steps 3   (data with layer n)
   vllm serve V --speculative-config '{"method": "eagle3", "model": "runs/x/best", "num_speculative_tokens": 3}'"""
 
 
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     draft = options_from_args(options_class, args)
     config = options_from_args(TrainConfig, args, data=args.data, verifier=args.verifier, output=args.output, draft=draft)
     main_rank = os.environ.get("RANK", "0") == "0"
-    display = LiveDisplay(enabled=main_rank and not args.json)
+    display = LiveDisplay(enabled=main_rank and not args.json, warnings=main_rank)
     with display:
         result = train(config, on_event=display.event, command=shlex.join(["spec-train", *(sys.argv[1:] if argv is None else argv)]))
     if main_rank:
@@ -77,8 +81,9 @@ def _algorithm_of(argv: Sequence[str] | None) -> str:
 class LiveDisplay:
     """A progress bar on stderr whose line shows the latest loss, accuracies and tau_sim."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, warnings: bool = True):
         self.enabled = enabled
+        self.warnings = warnings  # shown on stderr even with --json (one rank only)
         self.progress = Progress(
             TextColumn("[bold]spec-train[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.description}"), console=stderr, transient=False,
@@ -95,6 +100,8 @@ class LiveDisplay:
             self.progress.__exit__(*exc)
 
     def event(self, kind: str, payload: dict) -> None:
+        if kind == "warning" and self.warnings:
+            stderr.print(f"[bold yellow]spec-train: warning:[/] {escape(payload['message'])}", soft_wrap=True)
         if not self.enabled:
             return
         if kind == "start":

@@ -12,9 +12,10 @@ What every algorithm package provides (SPEC.md, "Speculator checkpoints"):
   (verifier_layers: the verifier's layer count when spec-validate knows it, else None)
   load_proposer(checkpoint_dir, verifier_model, dtype)   a drafter for the decoding engine
   training                                       its training module, or None if spec-train cannot train it:
-      Options (an options dataclass, see libspec/options.py), draft_config, build_draft,
+      Options (an options dataclass, see libspec/options.py), default_aux_layer_ids(depth, options), draft_config, build_draft,
       build_objective (a module whose forward(batch) is one step's loss and counts),
-      step_metrics, complete_counts, fsdp_units
+      step_metrics, complete_counts, fsdp_units, FULL_VOCABULARY (True: the draft's logits come from the
+      verifier's own lm_head, so spec-train builds no reduced draft vocabulary)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from libspec.verifier import VerifierFingerprint
 
 # The registry: the package names under libspec/algorithms/. "eagle" is EAGLE-1/2/HASS, a plain HF
-# folder for vLLM's method "eagle" (SPEC.md §11.5).
+# folder for vLLM's method "eagle" (SPEC.md §11.6).
 NAMES = ("eagle3", "dflash", "eagle")
 ALGORITHMS: dict[str, ModuleType] = {name: importlib.import_module(f"libspec.algorithms.{name}") for name in NAMES}
 
@@ -77,7 +78,7 @@ def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint:
     problems its algorithm cannot run with at all (sizes, aux layers out of range); differences between
     the verifier fingerprint recorded in spec_tools.verifier and this verifier's (SPEC.md §3)."""
     from libspec.format import checkpoint as ckpt
-    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, read_model_config, resolve_model_dir
+    from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, read_model_config, resolve_model_dir, weights_not_checked
 
     config = ckpt.read_config(checkpoint_dir)
     package = ALGORITHMS.get(algorithm_name(config))
@@ -86,10 +87,13 @@ def verifier_mismatches(checkpoint_dir, verifier_name_or_path: str, fingerprint:
     recorded = (config.get("spec_tools") or {}).get("verifier")
     if not isinstance(recorded, dict):
         return problems, []  # not trained by spec-tools: nothing recorded to compare
-    fingerprint = fingerprint or fingerprint_verifier(verifier_name_or_path)
     try:
-        differences = fingerprint_differences(VerifierFingerprint.from_dict(recorded), fingerprint)
+        expected = VerifierFingerprint.from_dict(recorded)
+        if fingerprint is None or (expected.weights is not None and weights_not_checked(expected, fingerprint)):  # digest the weights the way the record did
+            fingerprint = fingerprint_verifier(verifier_name_or_path, like=expected)
+        differences = fingerprint_differences(expected, fingerprint)
     except (KeyError, TypeError):  # a partial record (an EAGLE-1 folder keeps name and architectures): compare what it has
+        fingerprint = fingerprint or fingerprint_verifier(verifier_name_or_path)
         keys = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "vocab_size")
         differences = [f"{k}: {recorded[k]!r} vs {getattr(fingerprint, k)!r}" for k in keys if k in recorded and recorded[k] != getattr(fingerprint, k)]
     return problems, differences

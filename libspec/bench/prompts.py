@@ -27,7 +27,8 @@ class PromptSet:
 
 
 def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
-    """A JSONL file (named after its stem), or a benchmark set by name: `humaneval`, or `humaneval:8` for its first 8."""
+    """A JSONL file (named after its stem), or a benchmark set by name: `humaneval`, or `humaneval:8` for
+    8 of its prompts (see `spread_over_categories`: for MT-Bench, one from each category in turn)."""
     path = Path(source)
     name, colon, count = str(source).partition(":")
     if not path.exists() and name in BENCHMARKS:
@@ -36,7 +37,7 @@ def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
                 raise SpecError(f"{source}: expected {name} or {name}:N with N a positive number of prompts")
             limit = min(int(count), limit or int(count))
         path, items = read_benchmark(name)
-        return PromptSet(name, str(path), items[:limit])
+        return PromptSet(name, str(path), spread_over_categories(items, limit))
     try:
         lines = path.read_text("utf-8").splitlines()
     except FileNotFoundError:
@@ -67,6 +68,21 @@ def load_prompt_set(source: str | Path, limit: int | None = None) -> PromptSet:
     if not items:
         raise SpecError(f"{path}: no prompts")
     return PromptSet(path.stem, str(path), items)
+
+
+def spread_over_categories(items: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` items taken one category at a time (the first of each category in order of
+    first appearance, then the second of each, …), so that `mt-bench:16` measures all 8 categories
+    and not only the first one (its file lists writing ×10, then roleplay ×10, …). Sets without
+    categories keep their order: `humaneval:8` is HumanEval/0–7."""
+    if limit is None or limit >= len(items):
+        return items
+    by_category: dict[str, list[dict]] = {}
+    for item in items:
+        by_category.setdefault(item.get("category", ""), []).append(item)
+    rounds = max(len(group) for group in by_category.values())
+    spread = [group[turn] for turn in range(rounds) for group in by_category.values() if turn < len(group)]
+    return spread[:limit]
 
 
 def encode_prompt(tokenizer, item: dict) -> torch.Tensor:

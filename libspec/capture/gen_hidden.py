@@ -465,6 +465,8 @@ def _windows(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
 
 def _check_same_run(directory: Path, manifest: dict, header: dict) -> None:
     """Refuse to resume (or call complete) a data set made by a different command."""
+    if "weights" not in manifest["verifier"] and {**manifest["verifier"], "weights": None} == {**header["verifier"], "weights": None}:
+        raise SpecError(f"{directory / MANIFEST}: field verifier records no weights digest (an older spec-tools made it); use a new output directory")
     for key in ("verifier", "hidden_states"):
         if manifest[key] != header[key]:
             raise SpecError(f"{directory / MANIFEST}: field {key} differs from this run's; use a new output directory")

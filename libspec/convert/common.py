@@ -52,6 +52,9 @@ class Conversion:
     # sides (reference.Borrowed: the verifier's embed_tokens/lm_head rows); None for our own format.
     reference: Callable[[object], object] | None = None
     reference_name: str = ""
+    # Set when the converter computed new tensors exactly and stored them rounded to this 16-bit
+    # dtype (e.g. EAGLE-1's folded fc.bias): the numerical check then allows that rounding.
+    derived_rounded_to: torch.dtype | None = None
 
     def decisions_as_dicts(self) -> list[dict]:
         return [asdict(d) for d in self.decisions]

@@ -111,6 +111,8 @@ def build_eagle(
     conversion = Conversion(eagle.ALGORITHM, {}, tensors, decisions, [])
     dtype = float_dtype(tensors, "fc.weight")
     attention_bias = _fold_fc_bias(tensors, shape, decisions, conversion.notes)
+    if attention_bias and dtype.itemsize < 4:
+        conversion.derived_rounded_to = dtype  # the folded biases W_qkv·b are stored in the source's 16-bit dtype
     unify_float_dtype(conversion, dtype)
     tokens = choose(decisions, "speculative_tokens", options.speculative_tokens, tokens_recorded, default_tokens, tokens_reason)
     layer_config = {

@@ -200,7 +200,11 @@ def measured(reports: tuple[MeasuredReport, ...]) -> str:
         "τ: tokens per verifier step, bonus token included. Accepted at position j: share of verification rounds "
         "whose j-th drafted token was accepted. Speedup: decoding time per token of the verifier alone over that "
         "with the speculator, measured in the same run (prefill excluded on both sides); predicted: "
-        "E(α)/(k·c + v + o) from the measured acceptance α and costs c, v, o (Leviathan et al.). Lossless: greedy "
+        "E(α)/(k·c + v) (Leviathan et al.) from the measured acceptance α and the draft step c and (k+1)-token "
+        "verifier forward v timed in isolation, relative to a 1-token forward — costs measured apart from the "
+        "decoding loop they predict (older reports without isolated timings: E(α)/(k·c + v + o) from the loop's "
+        "own costs, marked *); efficiency: speedup ÷ predicted, what the engine keeps of what the costs allow. "
+        "Lossless: greedy "
         "output identical to the verifier's own. The best k per prompt set is in bold. Figures are rounded here; "
         "the report files hold the raw counts they are computed from."
     )
@@ -229,7 +233,7 @@ def report_block(published: MeasuredReport) -> str:
     return header + warning + "\n\n" + table
 
 
-MEASURED_COLUMNS = ("prompt set", "prompts", "k", "τ", "accepted at position 1..k", "speedup", "predicted", "tokens/s", "verifier alone tokens/s", "lossless")
+MEASURED_COLUMNS = ("prompt set", "prompts", "k", "τ", "accepted at position 1..k", "speedup", "predicted", "efficiency", "tokens/s", "verifier alone tokens/s", "lossless")
 
 
 def measured_table(report: dict) -> str:
@@ -242,11 +246,20 @@ def measured_table(report: dict) -> str:
             cells = [
                 prompt_set["name"], str(prompt_set["num_prompts"]), k, number(d["tau"]),
                 " ".join(number(r) for r in d["per_position_acceptance"]), number(d["speedup"], "×"),
-                number(d["predicted_speedup"], "×"), number(d["tokens_per_s"], digits=0),
+                *prediction_cells(d), number(d["tokens_per_s"], digits=0),
                 number(d["baseline_tokens_per_s"], digits=0), {True: "✓", False: "✗", None: "n/a (sampling)"}[d["lossless"]],
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def prediction_cells(derived: dict) -> tuple[str, str]:
+    """(predicted, efficiency): from the isolated costs when the report has them (SPEC.md, spec-bench
+    report); older reports only have the in-run prediction, marked * and without an efficiency."""
+    isolated = derived.get("isolated")
+    if isolated is None:
+        return number(derived["predicted_speedup"], "×*"), "—"
+    return number(isolated["predicted_speedup"], "×"), number(isolated["efficiency"])
 
 
 def number(value: float | None, unit: str = "", digits: int = 2) -> str:

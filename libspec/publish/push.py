@@ -193,13 +193,14 @@ def _check_verifier_id(config: dict, verifier_id: str, local: list[str], gate: G
         gate.checks.append(line)
         gate.notes.append(line)
         return
-    differences = fingerprint_differences(expected, fingerprint_verifier(str(cached)))
+    differences = fingerprint_differences(expected, fingerprint_verifier(str(cached), like=expected))
     if differences:
         gate.checkpoint_problems.append(
             f"--verifier-id {verifier_id}: its copy in the local Hugging Face cache is not the verifier this speculator was trained for ({'; '.join(differences)})"
         )
     else:
-        gate.checks.append(f"--verifier-id `{verifier_id}`: the same verifier it was trained for (fingerprint of the copy in the local Hugging Face cache: config.json and tokenizer sha256)")
+        compared = "config.json, tokenizer and weights digests" if expected.weights is not None else "config.json and tokenizer sha256; no weights digest recorded"
+        gate.checks.append(f"--verifier-id `{verifier_id}`: the same verifier it was trained for (fingerprint of the copy in the local Hugging Face cache: {compared})")
 
 
 def _published_config(config: dict, verifier: str | None, paths: LocalPaths) -> dict:

@@ -32,7 +32,7 @@ class TrainConfig:
     draft: Any = None  # the algorithm's training.Options; None: its defaults
     algorithm: str = option("eagle3", "draft algorithm", choices=trainable_algorithms())
     aux_layer_ids: tuple[int, ...] | None = option(
-        None, "verifier layers fed to the draft (default EAGLE-3's 2,n/2,n-3); must be captured in the data", metavar="I,J,K"
+        None, "verifier layers fed to the draft (default: the algorithm's, EAGLE-3's 2,n/2,n-3); must be captured in the data", metavar="I,J,K"
     )
     draft_vocab_size: int | None = option(
         None, "predict over the D most frequent supervised tokens (default: full vocabulary up to 32k, else 32000)", metavar="D"

@@ -23,7 +23,7 @@ from torch import nn
 import libspec
 from libspec.algorithms import training_for
 from libspec.errors import SpecError
-from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config
+from libspec.verifier import VerifierFingerprint, fingerprint_differences, fingerprint_verifier, text_config, weights_not_checked
 from libspec.format.sample_table import SampleTable, open_sample_table
 from libspec.train import distributed, outputs
 from libspec.train.config import TrainConfig, check_config
@@ -50,6 +50,7 @@ class Run:
     train_indices: list[int]
     val_indices: list[int]
     layer_columns: tuple[list[int], int]  # positions of the aux layers and of layer n in the data's layer axis
+    warnings: list[str] = field(default_factory=list)  # what could not be checked; the tool shows them
 
 
 @dataclass
@@ -95,6 +96,8 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stdin=None
     """
     emit = on_event or (lambda kind, payload: None)
     run = prepare(config, stdin)
+    for warning in run.warnings:
+        emit("warning", {"message": warning})
     if command is not None:
         run.draft_config["spec_tools"]["training"]["command"] = command
     out = Path(config.output)
@@ -276,18 +279,18 @@ def prepare(config: TrainConfig, stdin=None) -> Run:
     if topology.distributed and config.data == "-":
         raise SpecError("--data -: under torchrun stdin reaches one process only; give a data set directory or a stream file")
     table = open_sample_table(config.data, stdin)
-    head = _verifier_for(table, config)
+    warnings: list[str] = []
+    head = _verifier_for(table, config, warnings)
     lm = text_config(head.config)
     depth = lm["num_hidden_layers"]
     aux = _aux_layers(config, table.layer_ids, depth)
     train_indices, val_indices = _split_records(table, config)
-    supervised = count_supervised_tokens((table.records[i] for i in train_indices), lm["vocab_size"])
-    vocab = build_vocab_map(supervised, choose_draft_vocab_size(config.draft_vocab_size, lm["vocab_size"]))
+    vocab = _draft_vocabulary(config, algorithm, table, train_indices, lm["vocab_size"])
     draft_config = algorithm.draft_config(
         config.draft, head.config, _verifier_name(config.verifier), aux, vocab.draft_vocab_size, config.save_dtype, _spec_tools_record(config, table)
     )
     columns = ([table.layer_ids.index(i) for i in aux], table.layer_ids.index(depth))
-    return Run(config, algorithm, topology, table, head, aux, vocab, draft_config, train_indices, val_indices, columns)
+    return Run(config, algorithm, topology, table, head, aux, vocab, draft_config, train_indices, val_indices, columns, warnings)
 
 
 def build_draft(run: Run) -> nn.Module:
@@ -372,12 +375,17 @@ def _spec_tools_record(config: TrainConfig, table: SampleTable) -> dict:
     }
 
 
-def _verifier_for(table: SampleTable, config: TrainConfig) -> VerifierHead:
-    """The verifier's head, once the data is shown to come from it (fingerprint, hidden size)."""
+def _verifier_for(table: SampleTable, config: TrainConfig, warnings: list[str]) -> VerifierHead:
+    """The verifier's head, once the data is shown to come from it (fingerprint, hidden size); what
+    could not be checked is added to `warnings`."""
     data_verifier = VerifierFingerprint.from_dict(table.header["verifier"])
-    differences = fingerprint_differences(fingerprint_verifier(config.verifier), data_verifier)
+    current = fingerprint_verifier(config.verifier, like=data_verifier)
+    differences = fingerprint_differences(data_verifier, current)
     if differences:
-        raise SpecError(f"{config.data}: made with another verifier than {config.verifier} ({'; '.join(differences)})")
+        raise SpecError(f"{config.data}: made with another verifier ({data_verifier.name_or_path}) than {config.verifier}: {'; '.join(differences)}")
+    unchecked = weights_not_checked(data_verifier, current)
+    if unchecked:
+        warnings.append(f"{config.data}: the verifier's weights could not be checked: the data {unchecked}")
     head = load_verifier_head(config.verifier)
     hidden_size, data_hidden = text_config(head.config)["hidden_size"], table.header["hidden_states"]["hidden_size"]
     if data_hidden != hidden_size:
@@ -387,15 +395,32 @@ def _verifier_for(table: SampleTable, config: TrainConfig) -> VerifierHead:
 
 def _aux_layers(config: TrainConfig, captured: list[int], depth: int) -> list[int]:
     """The aux layer ids (requested or the algorithm's default), checked against what the data captured."""
-    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else training_for(config.algorithm).default_aux_layer_ids(depth)
+    aux = list(config.aux_layer_ids) if config.aux_layer_ids is not None else training_for(config.algorithm).default_aux_layer_ids(depth, config.draft)
     if aux != sorted(set(aux)) or any(not 0 <= i <= depth for i in aux):
         raise SpecError(f"--aux-layer-ids {aux}: expected ascending distinct ids in [0, {depth}]")
+    if depth not in captured:  # every algorithm's teacher (and EAGLE-1's input) reads it: name it first
+        raise SpecError(
+            f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs; "
+            f"recapture with spec-gen-hidden --layers including {depth}"
+        )
     missing = [i for i in aux if i not in captured]
     if missing:
         raise SpecError(f"{config.data}: captured layers {captured} lack aux layer(s) {missing}; recapture with them or pass --aux-layer-ids from {captured}")
-    if depth not in captured:
-        raise SpecError(f"{config.data}: captured layers {captured} lack layer {depth} (the last, pre-norm), which the teacher needs")
     return aux
+
+
+def _draft_vocabulary(config: TrainConfig, algorithm: ModuleType, table: SampleTable, train_indices: list[int], vocab_size: int) -> VocabMap:
+    """The draft's vocabulary: the most frequent supervised tokens (--draft-vocab-size), or the whole
+    vocabulary for an algorithm that drafts through the verifier's own lm_head."""
+    if algorithm.FULL_VOCABULARY:
+        if config.draft_vocab_size not in (None, vocab_size):
+            raise SpecError(
+                f"--draft-vocab-size {config.draft_vocab_size}: --algorithm {config.algorithm} drafts over the verifier's whole "
+                f"vocabulary ({vocab_size}) through its lm_head; leave --draft-vocab-size out"
+            )
+        return VocabMap(torch.arange(vocab_size), vocab_size)
+    supervised = count_supervised_tokens((table.records[i] for i in train_indices), vocab_size)
+    return build_vocab_map(supervised, choose_draft_vocab_size(config.draft_vocab_size, vocab_size))
 
 
 def _verifier_name(given: str) -> str:

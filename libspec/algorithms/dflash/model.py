@@ -42,7 +42,8 @@ class DFlashAttention(nn.Module):
     def _heads(self, x: torch.Tensor, count: int) -> torch.Tensor:
         return x.view(*x.shape[:-1], count, self.head_dim)
 
-    def forward(self, x, context, rope_block, rope_context, causal: bool) -> torch.Tensor:
+    def forward(self, x, context, rope_block, rope_context, mask: torch.Tensor | None) -> torch.Tensor:
+        """`mask` bool [L, C+L] (True: attend) over [context | block] keys; None: everything."""
         batch, length, _ = x.shape
         q = self.q_norm(self._heads(self.q_proj(x), self.heads))
         k = self.k_norm(self._heads(torch.cat([self.k_proj(context), self.k_proj(x)], dim=1), self.kv_heads))
@@ -52,9 +53,6 @@ class DFlashAttention(nn.Module):
         q = q * cos[:, -length:] + rotate_half(q) * sin[:, -length:]
         k = k * cos + rotate_half(k) * sin
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, d]
-        mask = None
-        if causal:
-            mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=k.shape[2] - length)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
 
@@ -68,8 +66,8 @@ class DFlashLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, eps)
         self.mlp = MLP(hidden, layer["intermediate_size"])
 
-    def forward(self, x, context, rope_block, rope_context, causal: bool) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), context, rope_block, rope_context, causal)
+    def forward(self, x, context, rope_block, rope_context, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), context, rope_block, rope_context, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -102,15 +100,31 @@ class DFlashDraft(DraftTensors, nn.Module):
         aux: torch.Tensor,  # [B, C, A*H]: the verifier's aux hidden states of the context
         context_positions: torch.Tensor,  # [B, C]
         block_positions: torch.Tensor,  # [B, L]
+        attention_mask: torch.Tensor | None = None,  # bool [L, C+L]; None: one block seeing all the context
+        logits_at: torch.Tensor | None = None,  # int64 [R]: slots of batch row 0 whose logits are wanted
     ) -> torch.Tensor:
-        """Logits over the draft vocabulary for every block slot [B, L, D]."""
+        """Logits over the draft vocabulary for every block slot [B, L, D] (or for `logits_at` only, [R, D]).
+
+        Training passes many blocks as one row of L = blocks*block_size slots, with the mask that
+        shows each block its own context prefix and itself (libspec/algorithms/dflash/train.py).
+        """
         context = self.hidden_norm(self.fc(aux))
         x = self.embed_tokens(block_ids).to(context.dtype)
         rope_context = self.rotary(context, context_positions)
         rope_block = self.rotary(x, block_positions)
+        mask = attention_mask if attention_mask is not None else self.block_mask(context.shape[1], x.shape[1], x.device)
         for layer in self.layers:
-            x = layer(x, context, rope_block, rope_context, self.causal)
+            x = layer(x, context, rope_block, rope_context, mask)
+        if logits_at is not None:
+            x = x[0, logits_at]
         return self.lm_head(self.norm(x))
+
+    def block_mask(self, context_length: int, block_length: int, device) -> torch.Tensor | None:
+        """The mask of one block after its context: none when non-causal (vLLM's default), else causal in the block."""
+        if not self.causal:
+            return None
+        keys = context_length + block_length
+        return torch.ones(block_length, keys, dtype=torch.bool, device=device).tril(diagonal=context_length)
 
     def optional_checkpoint_tensors(self) -> set[str]:
         """Also lm_head with the full vocabulary: vLLM then shares the verifier's."""

@@ -1,4 +1,4 @@
-"""EAGLE-1 / EAGLE-2 / HASS drafts as vLLM's `method: "eagle"` loads them (SPEC.md §11.5).
+"""EAGLE-1 / EAGLE-2 / HASS drafts as vLLM's `method: "eagle"` loads them (SPEC.md §11.6).
 
 vLLM has no speculators type for these drafts (0.15–0.33) and upstream speculators dropped them,
 so the only form vLLM serves is a plain Hugging Face Llama folder passed explicitly:

@@ -17,7 +17,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from libspec.algorithms.eagle import config as eagle
-from libspec.algorithms.layers import MLP, Attention, DraftCache, DraftTensors, RMSNorm, causal_mask
+from libspec.algorithms.layers import MLP, Attention, DocumentSpans, DraftCache, DraftTensors, RMSNorm, causal_mask
 from libspec.algorithms.sampling import temperature_probs
 
 
@@ -71,12 +71,12 @@ class EagleDraft(DraftTensors, nn.Module):
         features: torch.Tensor,  # [B, T, H]: the verifier's final hidden states, or the previous step's output
         positions: torch.Tensor,  # [B, T]
         cache: DraftCache | None = None,
+        mask: torch.Tensor | DocumentSpans | None = None,  # None: causal over the cache and the new positions
     ) -> torch.Tensor:
         """The next features [B, T, H]; the verifier's lm_head turns them into logits."""
         hidden = self.fc(torch.cat([self.embed_tokens(input_ids).to(features.dtype), features], dim=-1))
         cos, sin = self.rotary(hidden, positions)
-        mask = None
-        if input_ids.shape[1] > 1:
+        if mask is None and input_ids.shape[1] > 1:
             mask = causal_mask(input_ids.shape[1], 0 if cache is None else cache.length, hidden.device)
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, mask, None if cache is None else cache.layers[index])

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, default_aux_layer_ids, make_config
+from libspec.algorithms.eagle3 import config as eagle3_config
+from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, make_config
 from libspec.algorithms.eagle3.model import Eagle3Draft
+from libspec.algorithms.hass import topk_distillation_loss
 from libspec.algorithms.layers import DocumentSpans, DraftCache
 from libspec.errors import SpecError
 from libspec.options import check_options, option
@@ -54,6 +56,9 @@ class Eagle3TrainOptions:
     step_decay: float = option(1.0, "TTT step s weighs G**s", metavar="G")
     ttt_inputs: str = option("data", "tokens fed to later steps: the data's or the draft's own argmax", choices=TTT_INPUTS)
     ttt_weighting: str = option("uniform", "reach: weigh each later step by the chance the draft's chain gets there", choices=TTT_WEIGHTINGS)
+    # HASS's harmonized context alignment is test-time training itself (--ttt-steps); its other half is this loss.
+    hass_topk: int = option(0, "HASS harmonized objective distillation: add the cross-entropy over the verifier's top-K tokens to --loss (0: off; HASS uses 10)", minimum=0, metavar="K")
+    hass_topk_weight: float = option(1.0, "weight of the --hass-topk loss (HASS's topk_w)", minimum=0.0, metavar="W")
 
     def check(self) -> None:
         """Refuse values that cannot work together (single values are checked against their fields)."""
@@ -89,7 +94,7 @@ class Eagle3Objective(nn.Module):
         options, draft = self.options, self.draft
         length = batch.num_queries
         # Which queries each step trains: target j+s supervised and in j's document.
-        trained = [_shift(batch.loss_mask, step)[0] & _same_document_ahead(batch.document_ids, step)[0] for step in range(options.ttt_steps)]
+        trained = [shift_queries(batch.loss_mask, step)[0] & same_document_ahead(batch.document_ids, step)[0] for step in range(options.ttt_steps)]
         # The teacher at supervised positions only (targets of trained queries are supervised by definition).
         targets = batch.loss_mask[0].nonzero().squeeze(1)
         teacher_logits = self.teacher(batch.last_hidden[0, targets])  # [N, V] float32, no grad
@@ -119,7 +124,7 @@ class Eagle3Objective(nn.Module):
             step_logits = logits if options.ttt_inputs == "data" else logits[scored]
             step_teacher = teacher.select(teacher_rows)
             weight = reach[rows[scored]] if options.ttt_weighting == "reach" else 1.0
-            step_loss = (token_loss(step_logits, step_teacher, options.loss) * weight).sum() / max(len(teacher_rows), 1)
+            step_loss = (row_loss(step_logits, step_teacher, options) * weight).sum() / max(len(teacher_rows), 1)
             loss = loss + options.step_decay**step * step_loss
             if options.ttt_weighting == "reach":
                 accept = torch.minimum(step_teacher.probs, F.softmax(step_logits.detach().float(), dim=-1)).sum(-1)
@@ -129,14 +134,14 @@ class Eagle3Objective(nn.Module):
             correct = torch.zeros(length, dtype=torch.bool, device=rows.device)
             correct[rows[scored]] = drafted[scored] == teacher_argmax[teacher_rows]
             chain_alive = chain_alive & trained[step]
-            counts.update(_step_counts(step, step_loss, trained[step], correct, chain_alive))
+            counts.update(step_counts(step, step_loss, trained[step], correct, chain_alive))
             chain_alive = chain_alive & correct
 
             if options.ttt_inputs == "draft":
                 tokens = torch.zeros_like(batch.tokens)
                 tokens[0, rows] = drafted
             else:
-                tokens = _shift(batch.tokens, step + 1)
+                tokens = shift_queries(batch.tokens, step + 1)
         counts["queries"] = torch.tensor(float(length), device=loss.device)
         return loss, counts
 
@@ -173,7 +178,15 @@ def token_loss(draft_logits: torch.Tensor, teacher: TeacherTargets, kind: str) -
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
-def _shift(values: torch.Tensor, step: int) -> torch.Tensor:
+def row_loss(draft_logits: torch.Tensor, teacher: TeacherTargets, options: Eagle3TrainOptions) -> torch.Tensor:
+    """Per-row loss [N] the options ask for: --loss, plus HASS's top-K term (libspec/algorithms/hass.py) with --hass-topk."""
+    loss = token_loss(draft_logits, teacher, options.loss)
+    if options.hass_topk > 0:
+        loss = loss + options.hass_topk_weight * topk_distillation_loss(draft_logits, teacher.probs, options.hass_topk)
+    return loss
+
+
+def shift_queries(values: torch.Tensor, step: int) -> torch.Tensor:
     """values[:, j + step] at j (zero past the end): the target side of query j at TTT step `step`."""
     if step == 0:
         return values
@@ -181,13 +194,14 @@ def _shift(values: torch.Tensor, step: int) -> torch.Tensor:
     return torch.cat([values[:, step:], pad], dim=1)
 
 
-def _same_document_ahead(document_ids: torch.Tensor, step: int) -> torch.Tensor:
+def same_document_ahead(document_ids: torch.Tensor, step: int) -> torch.Tensor:
     """bool [1, T]: query j + step exists and belongs to query j's document."""
-    ahead = _shift(document_ids + 1, step)  # +1 so that the zero padding never matches
+    ahead = shift_queries(document_ids + 1, step)  # +1 so that the zero padding never matches
     return ahead == document_ids + 1
 
 
-def _step_counts(step, step_loss, trained, correct, chain_alive) -> dict[str, torch.Tensor]:
+def step_counts(step, step_loss, trained, correct, chain_alive) -> dict[str, torch.Tensor]:
+    """Raw counts of TTT step `step` (also EAGLE-1's alignment steps): loss sum, trained, correct, chain totals."""
     trained_count = trained.sum().float()
     return {
         f"loss_sum_{step}": step_loss.detach() * trained_count,
@@ -223,7 +237,13 @@ def derive_metrics(counts: dict[str, float], steps: int, step_decay: float = 1.0
 # ---- the entry points spec-train calls (libspec/train/loop.py, through libspec.algorithms) ----
 
 Options = Eagle3TrainOptions
-__all__ = ["Options", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
+FULL_VOCABULARY = False  # the draft has its own lm_head, over a reduced vocabulary by default above 32k tokens
+__all__ = ["Options", "FULL_VOCABULARY", "default_aux_layer_ids", "draft_config", "build_draft", "build_objective", "step_metrics", "complete_counts", "fsdp_units"]
+
+
+def default_aux_layer_ids(num_hidden_layers: int, options: Eagle3TrainOptions) -> list[int]:
+    """EAGLE-3's default aux layers [2, n//2, n-3] (eagle3.config), whatever the options."""
+    return eagle3_config.default_aux_layer_ids(num_hidden_layers)
 
 
 def draft_config(options: Eagle3TrainOptions, verifier_config: dict, verifier_name: str, aux_layer_ids: list[int],
