@@ -205,3 +205,11 @@ bench-train *ARGS:
 # each published layout at full size (random weights; sources built once under ~/.cache/spec-tools)
 bench-convert *ARGS:
     python -m tools.bench_convert {{ARGS}}
+
+# The fault campaign of issue 16, rerun whenever the code changes (not part of `./just test`):
+# kill -9 at random moments then the same command again (spec-gen-hidden, spec-train; identical
+# to an uninterrupted run?), a full disk and a read-only output folder (one-line error, exit 1,
+# nothing committed lost), bursts of concurrent good and bad requests against `spec-bench serve`.
+# Prints counts per trial kind; exits 1 on any difference, loss or unanswered request.
+chaos *ARGS:
+    python -m tools.chaos {{ARGS}}

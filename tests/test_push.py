@@ -762,3 +762,13 @@ def test_floors_missed_refuse_the_push_and_floors_met_are_in_the_card(measured, 
     assert spec_push.main([*args, "--require", "prompts:tau>=1", "--json"]) == 0
     card = json.loads(capsys.readouterr().out)["card"]
     assert "floor prompts:tau>=1 met: tau" in card
+
+
+def test_issue_16_a_malformed_require_is_a_usage_error_exit_2(tmp_path, capsys):
+    args = [str(tmp_path / "ckpt"), REPO, "--bench", str(tmp_path / "report.json"), "--dry-run"]  # refused before either is read
+    for floor in ("prompts:tau>2", "prompts:tau>=1.2.3", "prompts:beauty>=1"):
+        with pytest.raises(SystemExit) as exited:
+            spec_push.main([*args, "--require", floor])
+        assert exited.value.code == 2, floor
+        error = capsys.readouterr().err
+        assert f"--require {floor!r}" in error and "Traceback" not in error

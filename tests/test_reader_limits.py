@@ -189,6 +189,17 @@ def test_issue_16_fifos_are_refused_without_blocking(dataset_dir, tmp_path):
             list(read_items([str(tmp_path / "in.jsonl")]))
 
 
+def test_issue_16_spec_validate_refuses_a_fifo_in_place_of_a_stream_file_without_blocking(tmp_path):
+    from libspec.validate.artifacts import validate
+    from tools.spec_validate import main as spec_validate
+
+    os.mkfifo(tmp_path / "stream.spst")
+    with deadline(10):
+        report = validate(str(tmp_path / "stream.spst"))
+        assert spec_validate(["--json", str(tmp_path / "stream.spst")]) == 1
+    assert not report.ok and report.problems == [f"{tmp_path / 'stream.spst'}: the file is a FIFO (named pipe), expected a regular file"]
+
+
 def test_issue_16_a_50_MB_jsonl_line_is_one_bad_line_read_in_bounded_memory(tmp_path):
     path = tmp_path / "in.jsonl"
     with open(path, "w") as handle:

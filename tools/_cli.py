@@ -130,6 +130,12 @@ def print_json(document) -> None:
     sys.stdout.flush()
 
 
+def os_error_text(error: OSError) -> str:
+    """`PATH: No space left on device (errno 28)`: which file and what the system said, for one error line."""
+    reason = f"{error.strerror} (errno {error.errno})" if error.strerror else str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> NoReturn:
     """Call a tool's main and turn library errors into a one-line message and exit status 1."""
     prog = os.path.basename(sys.argv[0]) or "spec-tools"
@@ -145,4 +151,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         # The reader of our stdout went away (e.g. `| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = EXIT_OK
+    except OSError as error:  # (after its subclass BrokenPipeError) a full disk, a read-only folder: one line
+        stderr.print(f"[bold red]{prog}: error:[/] {escape(os_error_text(error))}", soft_wrap=True)
+        status = EXIT_FAILURE
     sys.exit(status)

@@ -86,10 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.overwrite and not args.to_dir:
         parser.error("--overwrite applies to --to-dir only")
+    try:  # a malformed floor is a usage error (exit 2), not a failed push
+        floors = tuple(parse_floor(text) for text in args.require)
+    except SpecError as error:
+        parser.error(str(error))
     _check_repo_id(args.repo_id)
     if args.to_dir:
         refuse_to_replace(args.to_dir, args.overwrite)  # before the gate: it can take a while
-    floors = tuple(parse_floor(text) for text in args.require)
     options = PushOptions(args.repo_id, args.revision, args.private, args.commit_message, args.license, args.force, floors, args.verifier_id)
     with tempfile.TemporaryDirectory(prefix="spec-push-") as scratch:
         bench_paths = [_stdin_to_file(Path(scratch)) if path == "-" else path for path in args.bench]

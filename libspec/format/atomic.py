@@ -51,11 +51,18 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        _name_the_file(error, path, tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def _name_the_file(error: BaseException, path: Path, tmp_name: str) -> None:
+    """Make a failed write (ENOSPC, EFBIG, EIO) name the file being written, not a temp name or nothing."""
+    if isinstance(error, OSError) and error.filename in (None, tmp_name):
+        error.filename = str(path)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -83,9 +90,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _name_the_file(error, path, tmp_name)
         raise
     fsync_dir(path.parent)
 

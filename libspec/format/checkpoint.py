@@ -6,8 +6,10 @@ the folder level: a reader sees the old checkpoint or the complete new one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import safetensors
@@ -226,6 +228,20 @@ def tensor_readers(directory: str | Path) -> dict[str, WeightFile]:
     return readers
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str], shown_as: str | Path | None = None) -> None:
+    """safetensors' save_file, except that a failed write (a full disk) is an OSError naming the file, as open()'s are.
+
+    safetensors reports I/O failures as its own SafetensorError with the errno only in the text;
+    the tools print OSErrors as one line, so the errno is recovered from "(os error N)".
+    """
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as error:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        number = int(found[1]) if found else errno.EIO
+        raise OSError(number, os.strerror(number), str(shown_as or path)) from None
+
+
 def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ extra text files) as one atomic folder replacement.
 
@@ -235,8 +251,11 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
     directory = Path(directory)
     with atomic_directory(directory) as staging:
         # Streamed tensor by tensor: a converted 2 GB source is never a second time in memory.
-        with open(staging / WEIGHTS, "wb") as handle:
-            write_weights(handle, tensors, metadata={"format": "pt"})
+        try:
+            with open(staging / WEIGHTS, "wb") as handle:
+                write_weights(handle, tensors, metadata={"format": "pt"})
+        except OSError as error:  # a full disk: name the file the user asked for, not the staging one
+            raise OSError(error.errno, error.strerror, str(directory / WEIGHTS)) from None
         config = with_weight_digests(config, staging)
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():

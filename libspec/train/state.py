@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import safetensors
-import safetensors.torch
 import torch
 
 import os
 
 from libspec.format.atomic import atomic_path, default_file_mode
+from libspec.format.checkpoint import save_safetensors
 from libspec.errors import SpecError
 
 STATE_FILE = "train-state.safetensors"
@@ -62,7 +62,7 @@ def save_train_state(path: str | Path, state: TrainState) -> None:
         "optimizer": json.dumps({"param_groups": state.optimizer["param_groups"], "state": optimizer_fields}),
     }
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        save_safetensors(tensors, tmp, metadata)  # a full disk: an OSError naming the file
         os.chmod(tmp, default_file_mode())  # the writer recreates the file with 0600
 
 

@@ -15,6 +15,7 @@ import torch
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms import algorithm_for, algorithm_name
 from libspec.algorithms.eagle import config as eagle
+from libspec.format.bounded_io import open_regular
 from libspec.format.dataset import MANIFEST, Dataset, read_manifest
 from libspec.format.json_files import read_json_object
 from libspec.errors import SpecError, where
@@ -59,7 +60,7 @@ def detect_kind(path: str) -> str:
         raise SpecError(f"{path}: a directory with neither {MANIFEST} (data set) nor {ckpt.CONFIG} (checkpoint)")
     if not p.exists():
         raise SpecError(f"{path}: no such file or directory")
-    with open(p, "rb") as handle:
+    with open_regular(p, "file") as handle:  # a FIFO or device in its place must not hang spec-validate
         head = handle.read(len(MAGIC))
     if head == MAGIC:
         return "stream"
@@ -192,7 +193,7 @@ def _check_tensor_shard(report: Report) -> None:
 def _check_stream(report: Report, stdin: BinaryIO | None) -> None:
     import sys
 
-    handle = (stdin or sys.stdin.buffer) if report.path == "-" else open(report.path, "rb")
+    handle = (stdin or sys.stdin.buffer) if report.path == "-" else open_regular(report.path, "stream file")
     try:
         reader = StreamReader(handle, "<stdin>" if report.path == "-" else report.path)
         num_records = num_tokens = 0
