@@ -206,6 +206,11 @@ verifier *ARGS:
 bench-train *ARGS:
     python -m tools.bench_train {{ARGS}}
 
+# spec-convert vs upstream speculators' converter (from `./just gates`): peak RSS / source bytes on
+# each published layout at full size (random weights; sources built once under ~/.cache/spec-tools)
+bench-convert *ARGS:
+    python -m tools.bench_convert {{ARGS}}
+
 # The fault campaign of issue 16, rerun whenever the code changes (not part of `./just test`):
 # kill -9 at random moments then the same command again (spec-gen-hidden, spec-train; identical
 # to an uninterrupted run?), a full disk and a read-only output folder (one-line error, exit 1,

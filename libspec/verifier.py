@@ -204,15 +204,16 @@ def read_verifier_config(name_or_path: str) -> VerifierConfig:
     return VerifierConfig(name_or_path, config, directory)
 
 
-def verifier_tensor(verifier: VerifierConfig, suffix: str) -> torch.Tensor | None:
-    """One tensor of the verifier's local weights, found by name suffix (e.g. "lm_head.weight")."""
-    import safetensors
+def verifier_weight_file(verifier: VerifierConfig, suffix: str):
+    """(the WeightFile, the full name) of the verifier's local tensor whose name ends in `suffix`, or
+    None; it reads one tensor, or some rows, at a time (libspec/format/weights_file.py)."""
+    from libspec.format.weights_file import WeightFile
 
     for path in verifier.weight_files:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                if name.endswith(suffix):
-                    return handle.get_tensor(name)
+        weights = WeightFile(path)
+        for name in weights.names():
+            if name.endswith(suffix):
+                return weights, name
     return None
 
 

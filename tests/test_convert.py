@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import safetensors.torch
@@ -590,11 +591,18 @@ def saved_tiny_verifier(directory):
     return directory
 
 
-@pytest.mark.parametrize("make, k", [(safeailab_eagle3_source, 7), (eagle1_source, 7), (zlab_dflash_source, 3)])
-def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, make, k):
+@pytest.mark.parametrize(
+    "make, k, borrowed",
+    [
+        (safeailab_eagle3_source, 7, "none (the draft has its own embed_tokens and lm_head)"),
+        (eagle1_source, 7, "the verifier's lm_head"),
+        (zlab_dflash_source, 3, "the verifier's embed_tokens and lm_head"),
+    ],
+)
+def test_check_acceptance_runs_spec_bench_with_local_verifier_weights(tmp_path, make, k, borrowed):
     verifier = saved_tiny_verifier(tmp_path / "verifier")
     result = run_convert(make(tmp_path), verifier, tmp_path / "out", check_acceptance=True)
-    assert result.numeric_check["shared_weights"] == "the verifier's embed_tokens and lm_head"
+    assert result.numeric_check["shared_weights"] == borrowed  # the check reads from the verifier only what the draft lacks
     acceptance = result.acceptance
     assert acceptance["k"] == k and acceptance["lossless"] is True and 1.0 <= acceptance["tau"] <= k + 1
     assert sum(acceptance["histogram"]) > 0
@@ -652,3 +660,45 @@ def test_vllm_gate_on_dflash_and_eagle1_folders_sees_what_is_missing(tmp_path, v
     assert any("model.layers.1.input_layernorm.weight [16]: 16 of 16 values were not loaded" in p for p in vllm["eagle1-no-norm"].problems)
     for name in ("dflash-no-hidden-norm", "eagle1-no-norm"):
         assert not validate(variants[name]).ok  # our own checks name the missing tensor too
+
+
+# ---- bounded memory -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def import_floor_bytes():
+    """Peak RSS of a child that only imports spec-convert (Python, torch, transformers): the fixed
+    floor every conversion starts from, subtracted so the bound below is about the source."""
+    from tools.bench_convert import child_env, run_measured
+
+    return run_measured([sys.executable, "-c", "import tools.spec_convert, libspec.convert.check"], child_env()).peak_rss_bytes
+
+
+@pytest.mark.parametrize("layout, scale", [("zlab-dflash-qwen3-8b", 0.35), ("safeailab-eagle3-llama3.1-8b", 0.3)])
+def test_converting_holds_at_most_twice_the_source_in_memory(tmp_path, import_floor_bytes, layout, scale):
+    """A ~250 MB source in its published layout (safetensors bf16 / pickled fp16) converts, logit
+    check included, with peak RSS above the import floor of at most 2x the source's bytes (main
+    before issue 13 needed ~11x: float32 copies of source, output and verifier tables)."""
+    from tools import convert_sources
+    from tools.bench_convert import child_env, ours_command, run_measured
+
+    source, verifier = convert_sources.write_layout(convert_sources.LAYOUTS[layout].scaled(scale), tmp_path / "built")
+    size = convert_sources.source_bytes(source)
+    assert 150e6 < size < 400e6  # big enough that allocator noise is small beside it
+    child = run_measured(ours_command(source, verifier, tmp_path / "out"), child_env())
+    assert child.returncode == 0, child.output[-2000:]
+    assert json.loads(child.output[child.output.index("{") :])["numeric_check"]["passed"]
+    above_floor = child.peak_rss_bytes - import_floor_bytes
+    assert above_floor <= 2 * size, f"peak {child.peak_rss_bytes / 1e6:.0f} MB, floor {import_floor_bytes / 1e6:.0f} MB, source {size / 1e6:.0f} MB"
+
+
+def test_pickles_in_torchs_legacy_format_are_read_without_a_map(tmp_path):
+    """torch.load can map only the zip format (torch.save's since 1.6); older files are read whole."""
+    from libspec.convert.source import read_weights
+
+    tensors = {"fc.weight": torch.randn(4, 8), "d2t": torch.arange(3)}
+    torch.save(tensors, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    torch.save(tensors, tmp_path / "zip.bin")
+    for name in ("legacy.bin", "zip.bin"):
+        read = read_weights(tmp_path / name)
+        assert read.keys() == tensors.keys() and all(torch.equal(read[n], t) for n, t in tensors.items())

@@ -48,9 +48,9 @@ class Conversion:
     tensors: dict[str, torch.Tensor]
     decisions: list[Decision] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # Builds the source's own forward (libspec/convert/reference.py) given the weights both sides
-    # share with the verifier (embed_tokens, lm_head); None when the source is already our format.
-    reference: Callable[[dict], object] | None = None
+    # Builds the source's own forward (libspec/convert/reference.py) given what the check lends both
+    # sides (reference.Borrowed: the verifier's embed_tokens/lm_head rows); None for our own format.
+    reference: Callable[[object], object] | None = None
     reference_name: str = ""
     # Set when the converter computed new tensors exactly and stored them rounded to this 16-bit
     # dtype (e.g. EAGLE-1's folded fc.bias): the numerical check then allows that rounding.

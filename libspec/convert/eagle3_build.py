@@ -28,7 +28,7 @@ from libspec.convert.common import (
     t2d_from_d2t,
     unify_float_dtype,
 )
-from libspec.verifier import VerifierConfig, verifier_tensor
+from libspec.verifier import VerifierConfig, verifier_weight_file
 from libspec.convert.reference import Eagle3Layout
 from libspec.convert.source import Source
 from libspec.errors import SpecError
@@ -133,9 +133,10 @@ def _borrow_lm_head(tensors, verifier: VerifierConfig, decisions, where: str) ->
     """A full-vocabulary source may leave lm_head to the verifier; our format stores it (SPEC.md §11.2)."""
     if "lm_head.weight" in tensors or "d2t" in tensors:
         return
-    head = verifier_tensor(verifier, "lm_head.weight")
-    if head is None and verifier.config.get("tie_word_embeddings"):
-        head = verifier_tensor(verifier, "embed_tokens.weight")
+    found = verifier_weight_file(verifier, "lm_head.weight")
+    if found is None and verifier.config.get("tie_word_embeddings"):
+        found = verifier_weight_file(verifier, "embed_tokens.weight")
+    head = None if found is None else found[0].read(found[1])  # a view on the verifier's file, read as it is written out
     if head is None:
         raise SpecError(f"{where}: no lm_head (the source uses the verifier's); name a local verifier folder with its weights so it can be copied")
     tensors["lm_head.weight"] = head
@@ -286,16 +287,14 @@ def layer_facts(config: dict) -> dict:
 def reference_builder(source: Source, layout, conversion: Conversion, source_aux: tuple[int, ...], rope_config: dict):
     """A function making the source's own EAGLE-3 forward (reference.py) over its original names;
     `rope_config` is the source config part holding its RoPE fields."""
-    from libspec.convert.reference import Eagle3Reference, Heads, Rope
+    from libspec.convert.reference import Eagle3Reference, Heads, ReferenceWeights, Rope
 
     tl = conversion.config["transformer_layer_config"]
     ascending = sorted(source_aux)
     source_order = [ascending.index(layer_id) for layer_id in source_aux]  # reference's block i = ascending block source_order[i]
 
-    def build(shared: dict[str, torch.Tensor]) -> Eagle3Reference:
-        weights = {name: t.float() if t.is_floating_point() else t for name, t in source.tensors.items()}
-        for name, tensor in shared.items():
-            weights.setdefault(name, tensor)
+    def build(borrowed) -> Eagle3Reference:
+        weights = ReferenceWeights(source.tensors, borrowed)
         shape = Heads(tl["num_attention_heads"], tl["num_key_value_heads"], tl["head_dim"], tl["rms_norm_eps"])
         return Eagle3Reference(weights, layout, shape, Rope(rope_config, tl["head_dim"]), len(source_aux), source_order)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from libspec.allocator import map_large_allocations
 from libspec.format import checkpoint as ckpt
 from libspec.format.atomic import atomic_directory
 from libspec.algorithms import algorithm_for
@@ -59,6 +60,7 @@ def convert(request: ConvertRequest, progress: Callable[[str], None] = lambda me
     """Convert INPUT into a checked spec-tools checkpoint at OUTPUT (see the module docstring)."""
     output = Path(request.output).expanduser()
     _refuse_unsafe_output(output, request.input, request.overwrite)
+    map_large_allocations()  # the check's per-module copies must leave memory when freed (libspec/allocator.py)
     progress("reading the source")
     source = load_source(request.input, request.config_path)
     name, module = resolve_format(request.source_format) if request.source_format else detect_format(source)

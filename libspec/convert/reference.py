@@ -12,10 +12,49 @@ attention (no SDPA), their own RMSNorm and RoPE.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+class Borrowed:
+    """What the check lends both sides: the verifier's tables a draft leaves to it (embed_tokens,
+    lm_head), cut to the check's rows (`rows[name]`, None: all), each read by `fetch` on first use."""
+
+    def __init__(self, fetch: Callable[[str], torch.Tensor], rows: dict):
+        self.fetch, self.rows, self.tensors = fetch, rows, {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.rows:  # only the vocabulary tables are the verifier's to lend
+            raise KeyError(name)
+        if name not in self.tensors:
+            self.tensors[name] = self.fetch(name)
+        return self.tensors[name]
+
+
+class ReferenceWeights(Mapping):
+    """A source's tensors as a reference forward reads them, by their original names: each read
+    is a fresh float32 copy (the whole source is never held in float32), vocabulary tables cut to
+    the check's rows, and the borrowed verifier weights for what the source does not have."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], borrowed: Borrowed):
+        self.tensors, self.borrowed = tensors, borrowed
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            return self.borrowed[name]
+        tensor, rows = self.tensors[name], self.borrowed.rows.get(name)
+        if rows is not None:
+            tensor = tensor[rows]
+        return tensor.float() if tensor.is_floating_point() else tensor
+
+    def __iter__(self):
+        return iter(set(self.tensors) | set(self.borrowed.tensors))
+
+    def __len__(self) -> int:
+        return len(set(self.tensors) | set(self.borrowed.tensors))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

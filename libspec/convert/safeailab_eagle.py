@@ -196,12 +196,11 @@ def _fold_fc_bias(tensors, shape: dict, decisions: list[Decision], notes: list[s
 
 
 def _reference_builder(source: Source, layout: EagleLayout, config: dict, rope_config: dict):
-    from libspec.convert.reference import EagleReference, Heads, Rope
+    from libspec.convert.reference import EagleReference, Heads, ReferenceWeights, Rope
 
-    def build(shared: dict[str, torch.Tensor]) -> EagleReference:
-        weights = {name: t.float() for name, t in source.tensors.items()}
-        weights.setdefault("embed_tokens.weight", shared["embed_tokens.weight"])
-        weights["lm_head.weight"] = shared["lm_head.weight"]  # EAGLE-1 always reads the verifier's head
+    def build(borrowed) -> EagleReference:
+        # EAGLE-1 always reads the verifier's head: the source's tensors never supply one
+        weights = ReferenceWeights({name: t for name, t in source.tensors.items() if name != "lm_head.weight"}, borrowed)
         shape = Heads(config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"], config["rms_norm_eps"])
         return EagleReference(weights, layout, shape, Rope(rope_config, config["head_dim"]), config["num_hidden_layers"])
 

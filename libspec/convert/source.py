@@ -2,23 +2,25 @@
 config, sharded weights with an index, or a Hugging Face Hub id.
 
 Pickled weights (`.bin`, `.pt`) are read with `torch.load(weights_only=True)` only, so a file
-holding anything but tensors is refused instead of executed.
+holding anything but tensors is refused instead of executed. Every tensor is a view on a map of
+its file (libspec/format/weights_file.py explains why): a source costs memory only for the pages
+a conversion touches.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import safetensors
-import safetensors.torch
 import torch
 
 from libspec.errors import SpecError
 from libspec.format.json_files import read_json_object
 from libspec.format.paths import inside, read_weight_map
+from libspec.format.weights_file import map_weights
 from libspec.serving import is_owner_name_repo_id
 from libspec.verifier import hub_offline
 
@@ -95,22 +97,28 @@ def weight_files_in(directory: Path) -> list[Path]:
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one weights file: safetensors directly, pickles with weights_only=True."""
+    """All tensors of one weights file as views on a map of it (read when used, never copied whole):
+    safetensors through libspec.format.weights_file, pickles with torch.load(mmap=True, weights_only=True)."""
     if file.suffix == ".safetensors":
-        try:
-            return safetensors.torch.load_file(str(file))
-        except (safetensors.SafetensorError, OSError) as error:
-            raise SpecError(f"{file}: not a readable safetensors file: {error}") from None
+        return map_weights(file)
     if file.suffix not in PICKLE_SUFFIXES:
         raise SpecError(f"{file}: unknown weights format (expected .safetensors, .bin or .pt)")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = _load_pickle(file)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         raise SpecError(f"{file}: refused: it holds pickled objects other than tensors ({first_line}); only weights_only loading is allowed") from None
     except (OSError, RuntimeError, EOFError) as error:
         raise SpecError(f"{file}: not a readable PyTorch weights file: {error}") from None
     return _state_dict(state, file)
+
+
+def _load_pickle(file: Path):
+    """torch.load with weights_only=True, memory-mapped when the file is in torch's zip format
+    (torch.save's since 1.6); the legacy format cannot be mapped and is read whole."""
+    if zipfile.is_zipfile(file):
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _state_dict(state, file: Path) -> dict[str, torch.Tensor]:

@@ -176,14 +176,12 @@ def _infer_shape(tensors, config: dict, where: str) -> dict:
 
 
 def _reference_builder(source: Source, config: dict):
-    from libspec.convert.reference import DFlashReference, Heads, Rope
+    from libspec.convert.reference import DFlashReference, Heads, ReferenceWeights, Rope
 
     tl = config["transformer_layer_config"]
 
-    def build(shared: dict[str, torch.Tensor]) -> DFlashReference:
-        weights = {name: t.float() for name, t in source.tensors.items()}
-        for name, tensor in shared.items():
-            weights.setdefault(name, tensor)
+    def build(borrowed) -> DFlashReference:
+        weights = ReferenceWeights(source.tensors, borrowed)
         shape = Heads(tl["num_attention_heads"], tl["num_key_value_heads"], tl["head_dim"], tl["rms_norm_eps"])
         return DFlashReference(weights, tl["num_hidden_layers"], shape, Rope(source.config, tl["head_dim"]))
 

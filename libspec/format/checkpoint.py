@@ -21,6 +21,7 @@ from libspec.format.atomic import atomic_directory, default_file_mode, write_tex
 from libspec.format.digest import FileDigest, digest_file
 from libspec.format.json_files import read_json_object
 from libspec.format.paths import inside, read_weight_map
+from libspec.format.weights_file import WeightFile, write_weights
 from libspec.errors import SpecError
 
 CONFIG = "config.json"
@@ -218,6 +219,15 @@ def load_tensors(directory: str | Path, device: str = "cpu") -> dict[str, torch.
     return tensors
 
 
+def tensor_readers(directory: str | Path) -> dict[str, WeightFile]:
+    """name -> the weights file holding it, read one tensor at a time (libspec/format/weights_file.py)."""
+    readers = {}
+    for path in weight_files(directory):
+        weights = WeightFile(path)
+        readers.update({name: weights for name in weights.names()})
+    return readers
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str], shown_as: str | Path | None = None) -> None:
     """safetensors' save_file, except that a failed write (a full disk) is an OSError naming the file, as open()'s are.
 
@@ -240,8 +250,12 @@ def write_checkpoint(directory: str | Path, config: dict, tensors: dict[str, tor
     """
     directory = Path(directory)
     with atomic_directory(directory) as staging:
-        contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        save_safetensors(contiguous, staging / WEIGHTS, {"format": "pt"}, shown_as=directory / WEIGHTS)
+        # Streamed tensor by tensor: a converted 2 GB source is never a second time in memory.
+        try:
+            with open(staging / WEIGHTS, "wb") as handle:
+                write_weights(handle, tensors, metadata={"format": "pt"})
+        except OSError as error:  # a full disk: name the file the user asked for, not the staging one
+            raise OSError(error.errno, error.strerror, str(directory / WEIGHTS)) from None
         config = with_weight_digests(config, staging)
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():

@@ -47,6 +47,12 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "I32": torch.int32,
     "BOOL": torch.bool,
+    # model weights (libspec/format/weights_file.py) may hold these too
+    "F64": torch.float64,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "F8_E5M2": torch.float8_e5m2,
 }
 _FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 # The rank each known tensor must have, and how errors describe it.
