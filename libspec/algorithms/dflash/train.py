@@ -37,6 +37,7 @@ from libspec.algorithms.eagle3.config import draft_layer_config
 from libspec.algorithms.eagle3.train import derive_metrics
 from libspec.errors import SpecError
 from libspec.options import check_options, option
+from libspec.train.draft_init import initialise_draft
 from libspec.train.packing import PackedBatch
 from libspec.train.teacher import Teacher, VerifierHead
 from libspec.train.vocab_map import VocabMap
@@ -255,20 +256,7 @@ def build_draft(config: dict, head: VerifierHead, vocab: VocabMap, seed: int) ->
     """A freshly initialised draft: seeded init, embedding and lm_head rows from the verifier, both frozen."""
     torch.manual_seed(seed)
     draft = DFlashDraft(config)
-    std = config["transformer_layer_config"].get("initializer_range", 0.02)
-    with torch.no_grad():
-        for module in draft.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, std)
-                if module.bias is not None:
-                    module.bias.zero_()
-        draft.embed_tokens.weight.copy_(head.embed_tokens)
-        draft.lm_head.weight.copy_(head.teacher.lm_head.weight[vocab.draft_to_verifier])
-        if draft.d2t is not None:
-            draft.d2t.copy_(vocab.d2t)
-            draft.t2d.copy_(vocab.t2d)
-    draft.embed_tokens.weight.requires_grad_(False)
-    draft.lm_head.weight.requires_grad_(False)
+    initialise_draft(draft, head, vocab, std=config["transformer_layer_config"].get("initializer_range", 0.02))
     return draft
 
 

@@ -34,6 +34,7 @@ from libspec.algorithms.hass import topk_distillation_loss
 from libspec.algorithms.layers import DocumentSpans, DraftCache
 from libspec.errors import SpecError
 from libspec.options import check_options, option
+from libspec.train.draft_init import initialise_draft
 from libspec.train.packing import PackedBatch
 from libspec.train.teacher import Teacher, VerifierHead
 from libspec.train.vocab_map import VocabMap
@@ -174,14 +175,7 @@ def build_draft(config: dict, head: VerifierHead, vocab: VocabMap, seed: int) ->
     """A freshly initialised draft: seeded init, the verifier's embedding (frozen)."""
     torch.manual_seed(seed)
     draft = EagleDraft(config)
-    with torch.no_grad():
-        for module in draft.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, 0.02)
-                if module.bias is not None:
-                    module.bias.zero_()
-        draft.embed_tokens.weight.copy_(head.embed_tokens)
-    draft.embed_tokens.weight.requires_grad_(False)
+    initialise_draft(draft, head)  # no lm_head of its own: EAGLE-1 drafts through the verifier's
     return draft
 
 
