@@ -30,12 +30,17 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libspec.bench.openai_protocol import RequestError, parse_request
+from libspec.bench.server import parse_body
 from libspec.capture.inputs import normalise, read_items
 from libspec.errors import SpecError
+from libspec.format import checkpoint as ckpt
 from libspec.format.dataset import MANIFEST, Dataset
+from libspec.format.paths import read_weight_map
 from libspec.format.records import check_record, decode_records
 from libspec.format.stream import MAGIC, StreamReader
 from libspec.format.tensors import TensorShard, safetensors_bytes
+from libspec.validate.artifacts import validate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 FUZZ_EXAMPLES = int(os.environ.get("SPEC_FUZZ_EXAMPLES", "200"))
@@ -329,3 +334,116 @@ def test_jsonl_input_parser(workdir, named):
                 normalise(item, prompt_only=True)
 
     outcome("jsonl input", read)
+
+
+# ---- JSON documents: checkpoint config, shard index, HTTP request body ------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def json_edited(draw, document: dict) -> bytes:
+    """`document` with 1-3 structural edits (a value replaced by any JSON value, a key deleted, a key
+    added), serialised; or its serialisation after byte-level edits. Structural edits reach the checks
+    behind the parser, which byte edits mostly stop at."""
+    if draw(st.booleans()):
+        return draw(mutated(json.dumps(document).encode()))
+    document = json.loads(json.dumps(document))
+    for _ in range(draw(st.integers(1, 3))):
+        node = document
+        while isinstance(node, dict) and node and draw(st.booleans()):
+            child = node[draw(st.sampled_from(sorted(node)))]
+            if not isinstance(child, dict) or not child:
+                break
+            node = child
+        if not isinstance(node, dict) or not node:
+            continue
+        key = draw(st.sampled_from(sorted(node)))
+        edit = draw(st.sampled_from(["replace", "delete", "add"]))
+        if edit == "replace":
+            node[key] = draw(JSON_VALUES)
+        elif edit == "delete":
+            del node[key]
+        else:
+            node[draw(st.text(max_size=12))] = draw(JSON_VALUES)
+    return json.dumps(document, allow_nan=True).encode()
+
+
+CHECKPOINT = EXAMPLES / "checkpoint-eagle3"
+CHECKPOINT_CONFIG = json.loads((CHECKPOINT / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def checkpoint_copy(workdir) -> Path:
+    shutil.copytree(CHECKPOINT, workdir / "checkpoint")
+    return workdir / "checkpoint"
+
+
+@FUZZ
+@given(data=json_edited(CHECKPOINT_CONFIG))
+def test_checkpoint_config_reader(checkpoint_copy, data):
+    (checkpoint_copy / "config.json").write_bytes(data)
+    outcome("checkpoint config", lambda: validate(str(checkpoint_copy)))
+
+
+SHARD = "model-00001-of-00001.safetensors"
+INDEX = {"metadata": {"total_size": 0}, "weight_map": {name: SHARD for name in ckpt.tensor_headers(CHECKPOINT)}}
+
+
+@pytest.fixture(scope="module")
+def sharded_checkpoint(workdir) -> Path:
+    folder = workdir / "sharded"
+    folder.mkdir()
+    shutil.copy(CHECKPOINT / "config.json", folder / "config.json")
+    shutil.copy(CHECKPOINT / "model.safetensors", folder / SHARD)
+    return folder
+
+
+@FUZZ
+@given(data=json_edited(INDEX))
+def test_shard_index_reader(sharded_checkpoint, data):
+    (sharded_checkpoint / "model.safetensors.index.json").write_bytes(data)
+
+    def read():
+        read_weight_map(sharded_checkpoint, "model.safetensors.index.json")
+        ckpt.load_tensors(sharded_checkpoint)
+
+    outcome("shard index", read)
+
+
+class TinyEngine:
+    """What parse_request asks of the serving engine: its name, tokenizer and context length."""
+
+    model_name, max_model_len = "tiny", 64
+
+    def __init__(self):
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
+        words.pre_tokenizer = pre_tokenizers.Whitespace()
+        self.tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="t63", pad_token="t0")
+        self.tokenizer.chat_template = "{% for m in messages %}t1 {{ m['content'] }} t2 {% endfor %}{% if add_generation_prompt %}t3{% endif %}"
+
+
+ENGINE = TinyEngine()
+REQUEST = {"model": "tiny", "messages": [{"role": "user", "content": "t5 t6"}], "prompt": "t7 t8", "max_tokens": 8,
+           "temperature": 0.7, "seed": 3, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+
+
+@FUZZ
+@given(data=json_edited(REQUEST), chat=st.booleans())
+def test_http_request_parser(data, chat):
+    """The server's body parser and request checks: a request, or a one-line 4xx RequestError."""
+
+    def read():
+        try:
+            parse_request(parse_body(data), chat, ENGINE, max_tokens_limit=32)
+        except RequestError as error:
+            assert 400 <= error.status < 500 and "\n" not in error.message, (error.status, error.message)
+
+    outcome("http request", read)

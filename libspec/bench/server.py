@@ -107,6 +107,11 @@ async def _read_json(request: Request, limits: ServerLimits):
         raise RequestError(408, f"request body: not received within {limits.body_timeout_s:g} s (--body-timeout-s)") from None
     except ClientDisconnect:  # nobody left to answer, but no traceback either
         raise RequestError(400, "request body: the client closed the connection before sending it all") from None
+    return parse_body(raw)
+
+
+def parse_body(raw: bytes):
+    """A request body's JSON value; RequestError(400) when it is empty or not strict JSON."""
     if not raw.strip():
         raise RequestError(400, "request body is empty: expected a JSON object")
     try:

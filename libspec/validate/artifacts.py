@@ -233,7 +233,10 @@ def _check_checkpoint(report: Report) -> None:
     _check_weight_digests(report, config)
     model_type = algorithm_name(config)
     if model_type != eagle.ALGORITHM:  # EAGLE-1 folders are plain HF configs, not speculators configs
-        report.problems.extend(f"{ckpt.CONFIG} {p}" for p in schema_problems("speculator-config", config))
+        problems = schema_problems("speculator-config", config)
+        report.problems.extend(f"{ckpt.CONFIG} {p}" for p in problems)
+        if problems:
+            return  # the algorithm's own checks read the config as the schema types it
     algorithm = algorithm_for(model_type)
     if algorithm is None:
         report.problems.append(f"{ckpt.CONFIG}: speculators_model_type {model_type!r} is not one spec-tools can check")
@@ -270,8 +273,7 @@ def _verifier_layers(config: dict) -> int | None:
     from libspec.validate.gate_verifier import local_verifier_dir
     from libspec.verifier import text_config
 
-    verifier = config.get("speculators_config", config.get("spec_tools"))
-    name = ((verifier or {}).get("verifier") or {}).get("name_or_path")
+    name = _object_at(config, "speculators_config", "verifier").get("name_or_path") or _object_at(config, "spec_tools", "verifier").get("name_or_path")
     folder = local_verifier_dir(name) if isinstance(name, str) and name else None
     if folder is not None and (folder / ckpt.CONFIG).is_file():
         try:
@@ -280,8 +282,15 @@ def _verifier_layers(config: dict) -> int | None:
             layers = None
         if isinstance(layers, int):
             return layers
-    recorded = (((config.get("spec_tools") or {}).get("verifier")) or {}).get("num_hidden_layers")
+    recorded = _object_at(config, "spec_tools", "verifier").get("num_hidden_layers")
     return recorded if isinstance(recorded, int) else None
+
+
+def _object_at(document: dict, *keys: str) -> dict:
+    """document[k1][k2]…, or {} where a level is missing or not an object (the schema check says which)."""
+    for key in keys:
+        document = document.get(key) if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else {}
 
 
 def _numel(shape: tuple[int, ...]) -> int:
