@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gates import gate_reports, require_gates
-from libspec.convert import published, safeailab_eagle
+from libspec.convert import safeailab_eagle
+from tools import published_layouts as published
 from libspec.convert.pipeline import ConvertRequest, convert
 from libspec.errors import SpecError
 from libspec.format import checkpoint as ckpt

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from libspec.convert import published
+from tools import published_layouts as published
 from tools._cli import EXIT_OK, make_parser, print_json, run, stderr
 
 

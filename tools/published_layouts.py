@@ -4,7 +4,8 @@ The configs live in tests/data/published_configs (see its SOURCES.md): one folde
 layout plus the verifiers' configs. `build_source` writes a draft folder exactly as its publisher
 stores it (tensor names, file kind, dtype) with random weights, at full size or scaled down;
 `build_verifier` writes the matching verifier stand-in. Tests convert the tiny ones end to end;
-the convert benchmark converts the full-size ones.
+`python -m tools.published_sources` writes the full-size ones. A development tool, not part of
+libspec: it reads its configs from the source checkout.
 
 Scaling down keeps a config's structure: draft depth, verifier depth (so aux layer ids stay the
 published ones), block size, sliding-window and rope settings, norms, biases, dtype. Only widths,
@@ -24,7 +25,7 @@ import torch
 from libspec.errors import SpecError
 from libspec.format.atomic import atomic_directory
 
-CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "published_configs"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "published_configs"
 SCALES = ("tiny", "full")
 
 
