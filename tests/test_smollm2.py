@@ -72,7 +72,7 @@ def test_spec_bench_runs_it_on_mt_bench_and_humaneval(capsys):
     assert status == 0
     mt_bench, humaneval = json.loads(capsys.readouterr().out)["prompt_sets"]
     assert (mt_bench["name"], mt_bench["num_prompts"], humaneval["name"], humaneval["num_prompts"]) == ("mt-bench", 2, "humaneval", 1)
-    assert [(c["name"], c["num_prompts"]) for c in mt_bench["categories"]] == [("writing", 2)]
+    assert [(c["name"], c["num_prompts"]) for c in mt_bench["categories"]] == [("writing", 1), ("roleplay", 1)]  # one per category in turn
     assert mt_bench["baseline"]["tokens"] == 2 * 4 and "categories" not in humaneval
     costs = humaneval["isolated_costs"]  # a verifier alone still gets its isolated forward costs: v for k+1 = 2..8
     assert list(costs["derived"]["verify_cost_v"]) == [str(n) for n in range(2, 9)] and costs["draft_step_s"] is None

@@ -46,11 +46,23 @@ def reference_run(launcher: Launcher, workload, folder: Path) -> Outcome:
     return outcome
 
 
+KILL_ATTEMPTS = 3  # a run that ended before its kill moment is started again, to be killed this time
+
+
 def kill_trial(launcher: Launcher, workload, reference: Path, folder: Path, index: int, kill_at_s: float) -> Trial:
-    """Start the tool, SIGKILL it `kill_at_s` seconds in, rerun the same command, compare with the reference."""
-    shutil.rmtree(folder, ignore_errors=True)
-    output = folder / "out"
-    first = launcher.run(workload.tool, workload.argv(output), folder / "killed.log", kill_after_s=kill_at_s)
+    """Start the tool, SIGKILL it `kill_at_s` seconds in, rerun the same command, compare with the reference.
+
+    Run times vary on a loaded machine: when the run ended before its moment, the output is cleared
+    and the run started again with a moment drawn within the duration just seen
+    (up to KILL_ATTEMPTS), so the kills land mid-run, not after the end."""
+    first = None
+    for _attempt in range(KILL_ATTEMPTS):
+        shutil.rmtree(folder, ignore_errors=True)
+        output = folder / "out"
+        first = launcher.run(workload.tool, workload.argv(output), folder / "killed.log", kill_after_s=kill_at_s)
+        if first.killed:
+            break
+        kill_at_s = first.duration_s * random.Random(index * 7919 + _attempt).uniform(0.0, 0.95)
     facts = {"kill_at_s": round(kill_at_s, 3), "killed": first.killed, "first_exit": first.exit_code}
     rerun = launcher.run(workload.tool, workload.argv(output), folder / "rerun.log")
     if rerun.exit_code != 0:
