@@ -1,0 +1,139 @@
+"""`./just bench-algorithms`: EAGLE-3, DFlash, EAGLE-1 and HASS variants trained on one SmolLM2 data
+set with one step budget, then measured by spec-bench on the same prompt sets, in one table and plot.
+
+    python -m tools.bench_algorithms [--steps N] [--prompts N] [--sets mt-bench:8 humaneval:8] [--k 1-4]
+                                     [--variants 'NAME=SPEC-TRAIN-OPTIONS' ...] [--json]
+
+Every stage keeps its output in --output and is skipped on a rerun when its record is there (the
+prompts, the capture, each variant's training and each bench report), so a rerun only re-measures
+what is missing; an interrupted training resumes (spec-train's own resume). Training wall-clock is
+the whole spec-train process; its tokens/s counts the algorithm's supervised positions per second of
+optimizer steps. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rich.markup import escape
+from rich.table import Table
+
+from libspec.bench import algorithm_comparison as comparison
+from libspec.bench.algorithm_comparison import ComparisonOptions, Variant
+from libspec.errors import SpecError
+from libspec.format.atomic import write_text_atomic
+from libspec.format.json_files import read_json_object
+from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("bench-algorithms", __doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_options(parser, ComparisonOptions, "the budget and the measurement")
+    defaults = ComparisonOptions()
+    parser.add_argument("--sets", nargs="+", default=list(defaults.sets), metavar="SET", help=f"spec-bench prompt sets (default {' '.join(defaults.sets)})")
+    parser.add_argument("--variants", nargs="+", default=list(defaults.variants), metavar="VARIANT",
+                        help="variants as NAME=SPEC-TRAIN-OPTIONS, each quoted (default: " + "; ".join(defaults.variants) + ")")  # fmt: skip
+    parser.add_argument("--plot", default=None, help="PNG of τ against k (default OUTPUT/tau-vs-k.png)")
+    args = parser.parse_args(argv)
+    options = options_from_args(ComparisonOptions, args, sets=tuple(args.sets), variants=tuple(args.variants))
+    variants = comparison.parse_variants(options.variants)
+    result = compare(options, variants, Path(args.plot or Path(options.output) / "tau-vs-k.png"))
+    if args.json:
+        print_json(result)
+    else:
+        print_table(result)
+    return EXIT_OK
+
+
+def compare(options: ComparisonOptions, variants: list[Variant], plot_path: Path) -> dict:
+    """The whole run: prompts, one capture, each variant trained and benched; returns the document."""
+    out = Path(options.output)
+    out.mkdir(parents=True, exist_ok=True)
+    verifier = _python(["tools.build_smollm2"], capture=True).strip().splitlines()[-1]
+    if not (out / "prompts.jsonl").is_file():
+        _python(["tools.instruction_prompts", "--limit", str(options.prompts), "-o", str(out / "prompts.jsonl")])
+    depth = int(read_json_object(Path(verifier) / "config.json")["num_hidden_layers"])
+    _stage(out / "capture.json", comparison.capture_command(options, verifier, comparison.capture_layers(variants, depth)))
+    rows, curves, trainings = [], {}, {}
+    for variant in variants:
+        trainings[variant.name] = _train(options, verifier, variant)
+        report = _bench(options, verifier, variant)
+        rows += comparison.comparison_rows(variant.name, report, trainings[variant.name])
+        curves[variant.name] = comparison.tau_curves(report)
+    hardware = report["hardware"] if variants else None
+    machine = f"{hardware}; {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+    comparison.plot_tau_curves(curves, plot_path, f"bench-algorithms on SmolLM2-135M-Instruct, {options.steps} steps each — {machine}")
+    document = {"machine": machine, "options": _jsonable(options), "verifier": verifier, "trainings": trainings,
+                "rows": rows, "plot": str(plot_path)}  # fmt: skip
+    write_text_atomic(out / "comparison.json", json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def _train(options: ComparisonOptions, verifier: str, variant: Variant) -> dict:
+    """Train one variant (skipped when its record is there) and summarise the run."""
+    out = Path(options.output)
+    record_path = out / f"train-{variant.name}.json"
+    wall_s = _stage(record_path, comparison.train_command(options, verifier, variant))
+    metrics = [json.loads(line) for line in (out / f"train-{variant.name}" / "metrics.jsonl").read_text("utf-8").splitlines() if line.strip()]
+    return comparison.training_summary(metrics, wall_s)
+
+
+def _bench(options: ComparisonOptions, verifier: str, variant: Variant) -> dict:
+    report_path = Path(options.output) / f"bench-{variant.name}.json"
+    _stage(report_path.with_suffix(".record.json"), comparison.bench_command(options, verifier, variant))
+    return read_json_object(report_path)
+
+
+def _stage(record_path: Path, command: list[str]) -> float | None:
+    """Run `python -m COMMAND` unless `record_path` records this very command as done; returns the
+    wall-clock seconds of the run that produced it (None when a resumed run's total is unknown)."""
+    if record_path.is_file():
+        record = read_json_object(record_path)
+        if record.get("command") == command:
+            stderr.print(f"bench-algorithms: reusing {escape(str(record_path))}")
+            return record.get("wall_s")
+        raise SpecError(f"{record_path}: made by another command ({' '.join(record.get('command', []))}); "
+                        f"use another --output or delete it to redo that stage")  # fmt: skip
+    started = time.perf_counter()
+    _python(command)
+    wall_s = time.perf_counter() - started
+    write_text_atomic(record_path, json.dumps({"command": command, "wall_s": wall_s}, indent=2) + "\n")
+    return wall_s
+
+
+def _python(command: list[str], capture: bool = False) -> str:
+    """`python -m ...` in this checkout; a failure becomes a one-line error naming the stage."""
+    stderr.print(f"bench-algorithms: python -m {escape(' '.join(command))}")
+    result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, stdout=subprocess.PIPE if capture else None, text=True)
+    if result.returncode != 0:
+        raise SpecError(f"bench-algorithms: {command[0]} failed (exit {result.returncode}); its messages are above")
+    return result.stdout or ""
+
+
+def _jsonable(options: ComparisonOptions) -> dict:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
+
+
+def print_table(result: dict) -> None:
+    table = Table(title=f"bench-algorithms ({escape(result['machine'])})")
+    for column in comparison.TABLE_COLUMNS:
+        table.add_column(column, justify="left" if column in ("variant", "set", "per-position acceptance") else "right")
+    for row in result["rows"]:
+        table.add_row(*(escape(comparison.format_cell(column, row)) for column in comparison.TABLE_COLUMNS))
+    stdout.print(table)
+    steps = {name: t["steps"] for name, t in result["trainings"].items()}
+    stdout.print(f"optimizer steps per variant: {steps}; plot: {escape(result['plot'])}")
+
+
+if __name__ == "__main__":
+    run(main)
