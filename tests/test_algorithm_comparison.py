@@ -57,18 +57,22 @@ def test_every_variant_trains_the_same_steps_and_eagle1_keeps_the_full_vocabular
         assert command[command.index("--max-steps") + 1] == "7"
     assert "--draft-vocab-size" in comparison.train_command(options, "V", eagle3)
     assert "--draft-vocab-size" not in comparison.train_command(options, "V", eagle)  # spec-train refuses it there
-    bench = comparison.bench_command(options, "V", eagle)
+    bench = comparison.bench_command(options, "V", "b", "out/train-b/best")
     assert bench[bench.index("--prompts") + 1 : bench.index("--k")] == list(options.sets)
+    mirror = comparison.parse_variant("d=--algorithm dflash --num-layers 2 --block-size 8")
+    upstream = comparison.upstream_dflash_command(options, "V", mirror, "out/train-d-upstream")
+    assert [upstream[upstream.index(f) + 1] for f in ("--steps", "--num-layers", "--block-size")] == ["7", "2", "8"]
 
 
 def test_rows_read_each_set_and_category_at_the_sets_best_k():
-    training = {"wall_s": 12.0, "tokens_per_s": 345.6}
+    training = {"wall_s": 12.0, "tokens_per_s": 345.6, "peak_rss_bytes": 3 * 2**20}
     rows = comparison.comparison_rows("v", _report(), training)
     assert [(r["set"], r["best_k"]) for r in rows] == [("mt-bench", 2), ("mt-bench/coding", 2), ("humaneval", 1)]
     assert rows[0]["tau"] == pytest.approx(1 + (3 + 2 * 2) / 10)  # from the histogram [5, 3, 2]
     assert rows[0]["per_position_acceptance"] == pytest.approx([0.5, 0.2])
     assert rows[1]["tau"] == pytest.approx(1 + (2 + 14) / 10)  # the category at k=2, not its own best k=1
     assert rows[2]["train_wall_s"] == 12.0 and rows[0]["lossless"] is True
+    assert comparison.format_cell("train MiB", rows[0]) == "3"
 
 
 def test_a_lossy_run_and_unmeasured_cells_show_in_the_table():

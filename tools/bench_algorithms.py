@@ -57,18 +57,21 @@ def compare(options: ComparisonOptions, variants: list[Variant], plot_path: Path
     """The whole run: prompts, one capture, each variant trained and benched; returns the document."""
     out = Path(options.output)
     out.mkdir(parents=True, exist_ok=True)
-    verifier = _python(["tools.build_smollm2"], capture=True).strip().splitlines()[-1]
+    verifier = _python(["tools.build_smollm2"])[0].strip()
     if not (out / "prompts.jsonl").is_file():
         _python(["tools.instruction_prompts", "--limit", str(options.prompts), "-o", str(out / "prompts.jsonl")])
     depth = int(read_json_object(Path(verifier) / "config.json")["num_hidden_layers"])
     _stage(out / "capture.json", comparison.capture_command(options, verifier, comparison.capture_layers(variants, depth)))
-    rows, curves, trainings = [], {}, {}
-    for variant in variants:
-        trainings[variant.name] = _train(options, verifier, variant)
-        report = _bench(options, verifier, variant)
-        rows += comparison.comparison_rows(variant.name, report, trainings[variant.name])
-        curves[variant.name] = comparison.tau_curves(report)
-    hardware = report["hardware"] if variants else None
+    runs = [(v.name, _train(options, verifier, v), out / f"train-{v.name}" / "best") for v in variants]
+    if options.upstream_dflash:
+        runs.append(_upstream_dflash(options, verifier, variants))
+    rows, curves, hardware = [], {}, None
+    for name, training, checkpoint in runs:
+        report = _bench(options, verifier, name, checkpoint)
+        rows += comparison.comparison_rows(name, report, training)
+        curves[name] = comparison.tau_curves(report)
+        hardware = report["hardware"]
+    trainings = {name: training for name, training, _ in runs}
     machine = f"{hardware}; {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     comparison.plot_tau_curves(curves, plot_path, f"bench-algorithms on SmolLM2-135M-Instruct, {options.steps} steps each — {machine}")
     document = {"machine": machine, "options": _jsonable(options), "verifier": verifier, "trainings": trainings,
@@ -81,41 +84,69 @@ def _train(options: ComparisonOptions, verifier: str, variant: Variant) -> dict:
     """Train one variant (skipped when its record is there) and summarise the run."""
     out = Path(options.output)
     record_path = out / f"train-{variant.name}.json"
-    wall_s = _stage(record_path, comparison.train_command(options, verifier, variant))
+    record = _stage(record_path, comparison.train_command(options, verifier, variant))
     metrics = [json.loads(line) for line in (out / f"train-{variant.name}" / "metrics.jsonl").read_text("utf-8").splitlines() if line.strip()]
-    return comparison.training_summary(metrics, wall_s)
+    return {**comparison.training_summary(metrics, record["wall_s"]), "peak_rss_bytes": record["peak_rss_bytes"]}
 
 
-def _bench(options: ComparisonOptions, verifier: str, variant: Variant) -> dict:
-    report_path = Path(options.output) / f"bench-{variant.name}.json"
-    _stage(report_path.with_suffix(".record.json"), comparison.bench_command(options, verifier, variant))
+def _bench(options: ComparisonOptions, verifier: str, name: str, checkpoint: Path) -> dict:
+    report_path = Path(options.output) / f"bench-{name}.json"
+    _stage(report_path.with_suffix(".record.json"), comparison.bench_command(options, verifier, name, checkpoint))
     return read_json_object(report_path)
 
 
-def _stage(record_path: Path, command: list[str]) -> float | None:
-    """Run `python -m COMMAND` unless `record_path` records this very command as done; returns the
-    wall-clock seconds of the run that produced it (None when a resumed run's total is unknown)."""
+def _upstream_dflash(options: ComparisonOptions, verifier: str, variants: list[Variant]) -> tuple[str, dict, Path]:
+    """Upstream's DFlash trainer on the first dflash variant's batches: (name, training summary, checkpoint)."""
+    from libspec.validate.gates import gate_python
+
+    mirror = next((v for v in variants if v.algorithm == "dflash"), None)
+    if mirror is None:
+        raise SpecError("--upstream-dflash: no dflash variant among --variants to mirror")
+    python = os.environ.get("SPEC_UPSTREAM_PYTHON") or gate_python()
+    if not python:
+        raise SpecError("--upstream-dflash: no Python with upstream speculators: set SPEC_UPSTREAM_PYTHON or run ./just gates")
+    name = f"{mirror.name}-upstream"
+    checkpoint = Path(options.output) / f"train-{name}"
+    record = _stage(checkpoint.with_suffix(".json"), comparison.upstream_dflash_command(options, verifier, mirror, checkpoint), str(python))
+    result = json.loads(record["last_line"])
+    training = {"steps": result["steps"], "wall_s": record["wall_s"], "queries": result["tokens"],
+                "tokens_per_s": result["tokens_per_s"], "peak_rss_bytes": record["peak_rss_bytes"], "trainer": result["trainer"]}  # fmt: skip
+    return name, training, checkpoint
+
+
+def _stage(record_path: Path, command: list[str], python: str = sys.executable) -> dict:
+    """Run `PYTHON -m COMMAND` unless `record_path` records this very command as done; returns the
+    record: the command, its wall-clock seconds, its peak resident memory and its last stdout line."""
     if record_path.is_file():
         record = read_json_object(record_path)
         if record.get("command") == command:
             stderr.print(f"bench-algorithms: reusing {escape(str(record_path))}")
-            return record.get("wall_s")
+            return record
         raise SpecError(f"{record_path}: made by another command ({' '.join(record.get('command', []))}); "
                         f"use another --output or delete it to redo that stage")  # fmt: skip
     started = time.perf_counter()
-    _python(command)
-    wall_s = time.perf_counter() - started
-    write_text_atomic(record_path, json.dumps({"command": command, "wall_s": wall_s}, indent=2) + "\n")
-    return wall_s
+    last_line, peak_rss_bytes = _python(command, python)
+    record = {"command": command, "wall_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes, "last_line": last_line}
+    write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    return record
 
 
-def _python(command: list[str], capture: bool = False) -> str:
-    """`python -m ...` in this checkout; a failure becomes a one-line error naming the stage."""
+def _python(command: list[str], python: str = sys.executable) -> tuple[str, int]:
+    """`python -m ...` in this checkout; returns its last stdout line and its
+    own peak RSS (wait4: this child alone). A failure is a one-line error naming the stage."""
     stderr.print(f"bench-algorithms: python -m {escape(' '.join(command))}")
-    result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, stdout=subprocess.PIPE if capture else None, text=True)
-    if result.returncode != 0:
-        raise SpecError(f"bench-algorithms: {command[0]} failed (exit {result.returncode}); its messages are above")
-    return result.stdout or ""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([python, "-m", *command], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    last_line = ""
+    for line in child.stdout:  # the stage's own report, passed on to stderr as it comes (stdout is for the table)
+        sys.stderr.write(line)
+        last_line = line.strip() or last_line
+    _, status, usage = os.wait4(child.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    child.returncode = code  # already reaped; keeps Popen from waiting again
+    if code != 0:
+        raise SpecError(f"bench-algorithms: {command[0]} failed (exit {code}); its messages are above")
+    return last_line, usage.ru_maxrss * 1024
 
 
 def _jsonable(options: ComparisonOptions) -> dict:

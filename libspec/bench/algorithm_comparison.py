@@ -40,6 +40,7 @@ class ComparisonOptions:
     k: str = option("1-4", "spec-bench --k: drafted tokens per step")
     max_new_tokens: int = option(48, "tokens generated per benchmark prompt", minimum=1)
     cost_repeats: int = option(3, "spec-bench --cost-repeats (isolated-cost passes per set)", minimum=0)
+    upstream_dflash: bool = option(False, "also train upstream speculators 0.9.0's DFlash ($SPEC_UPSTREAM_PYTHON, else the gates venv) on the first dflash variant's batches, and bench it")
     threads: int = option(2, "torch threads for capture and training (spec-bench runs on 1, its steadiest)", minimum=1)
     # Lists of words: the tool offers them with nargs="+" (option() fields take one word each).
     sets: tuple[str, ...] = ("mt-bench:8", "humaneval:8")  # spec-bench prompt sets (NAME:N)
@@ -128,17 +129,34 @@ def train_command(options: ComparisonOptions, verifier: str, variant: Variant) -
     return command + list(variant.train_args)
 
 
-def bench_command(options: ComparisonOptions, verifier: str, variant: Variant) -> list[str]:
-    """spec-bench for one variant's best checkpoint, on the shared prompt sets."""
+def bench_command(options: ComparisonOptions, verifier: str, name: str, checkpoint: Path) -> list[str]:
+    """spec-bench for one variant's checkpoint, on the shared prompt sets."""
     out = Path(options.output)
-    return ["tools.spec_bench", "--verifier", verifier, "--speculator", str(out / f"train-{variant.name}" / "best"),
+    return ["tools.spec_bench", "--verifier", verifier, "--speculator", str(checkpoint),
             "--prompts", *options.sets, "--k", options.k, "--max-new-tokens", str(options.max_new_tokens),
-            "--cost-repeats", str(options.cost_repeats), "-o", str(out / f"bench-{variant.name}.json")]  # fmt: skip
+            "--cost-repeats", str(options.cost_repeats), "-o", str(out / f"bench-{name}.json")]  # fmt: skip
+
+
+def upstream_dflash_command(options: ComparisonOptions, verifier: str, mirror: Variant, checkpoint: Path) -> list[str]:
+    """Upstream speculators' DFlash trainer (tools.bench_train_upstream_dflash) on the batches spec-train
+    builds for `mirror`: the same draft size, aux layers, vocabulary, batch size and steps. The
+    mirror's other options (loss weighting, anchors) are not carried over: upstream runs its defaults."""
+    from libspec.algorithms import training_for
+
+    defaults = training_for("dflash").Options()
+    num_layers = _option_value(mirror.train_args, "--num-layers") or str(defaults.num_layers)
+    block_size = _option_value(mirror.train_args, "--block-size") or str(defaults.block_size)
+    command = ["tools.bench_train_upstream_dflash", "--data", str(Path(options.output) / "data"), "--verifier", verifier,
+               "-o", str(checkpoint), "--steps", str(options.steps), "--tokens-per-batch", str(options.tokens_per_batch),
+               "--num-layers", num_layers, "--block-size", block_size, "--draft-vocab-size", str(options.draft_vocab_size),
+               "--threads", str(options.threads)]  # fmt: skip
+    aux = _option_value(mirror.train_args, "--aux-layer-ids")
+    return command + (["--aux-layer-ids", aux] if aux else [])
 
 
 # ---- the table and the plot, from spec-bench reports and training records ------------------------
 
-TABLE_COLUMNS = ("variant", "set", "best k", "τ", "per-position acceptance", "c", "speedup", "lossless", "train s", "train tok/s")
+TABLE_COLUMNS = ("variant", "set", "best k", "τ", "per-position acceptance", "c", "speedup", "lossless", "train s", "train tok/s", "train MiB")
 
 
 def training_summary(metrics_lines: list[dict], wall_s: float | None) -> dict:
@@ -162,7 +180,8 @@ def _table_row(variant: str, set_name: str, row: dict | None, k: int | None, tra
     return {"variant": variant, "set": set_name, "best_k": k, "tau": derived.get("tau"),
             "per_position_acceptance": derived.get("per_position_acceptance"), "draft_cost_c": derived.get("draft_cost_c"),
             "speedup": derived.get("speedup"), "lossless": derived.get("lossless"),
-            "train_wall_s": training.get("wall_s"), "train_tokens_per_s": training.get("tokens_per_s")}  # fmt: skip
+            "train_wall_s": training.get("wall_s"), "train_tokens_per_s": training.get("tokens_per_s"),
+            "train_peak_mib": None if training.get("peak_rss_bytes") is None else training["peak_rss_bytes"] / 2**20}  # fmt: skip
 
 
 def comparison_rows(variant: str, report: dict, training: dict) -> list[dict]:
@@ -186,7 +205,7 @@ def tau_curves(report: dict) -> dict[str, list[tuple[int, float]]]:
 def format_cell(column: str, row: dict) -> str:
     """A table cell: fixed decimals, '-' for what was not measured."""
     key = {"best k": "best_k", "τ": "tau", "per-position acceptance": "per_position_acceptance", "c": "draft_cost_c",
-           "train s": "train_wall_s", "train tok/s": "train_tokens_per_s"}.get(column, column)  # fmt: skip
+           "train s": "train_wall_s", "train tok/s": "train_tokens_per_s", "train MiB": "train_peak_mib"}.get(column, column)  # fmt: skip
     value = row.get(key)
     if value is None:
         return "-"
@@ -194,7 +213,7 @@ def format_cell(column: str, row: dict) -> str:
         return " ".join("-" if p is None else f"{p:.2f}" for p in value)
     if key == "lossless":
         return "yes" if value else "NO"
-    if key in ("train_wall_s", "train_tokens_per_s"):
+    if key in ("train_wall_s", "train_tokens_per_s", "train_peak_mib"):
         return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.2f}" if key != "draft_cost_c" else f"{value:.3f}"
