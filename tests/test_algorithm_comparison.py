@@ -99,3 +99,12 @@ def test_plot_draws_tau_against_k(tmp_path):
     assert curves["a"]["humaneval"][0][0] == 1
     path = comparison.plot_tau_curves(curves, tmp_path / "p.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tau_ratios_against_a_reference_and_the_code_chat_gap():
+    rows = [{"variant": "e3", "set": "mt-bench", "tau": 1.5}, {"variant": "e3", "set": "humaneval", "tau": 2.0},
+            {"variant": "df", "set": "mt-bench", "tau": 1.2}, {"variant": "df", "set": "humaneval", "tau": 3.0},
+            {"variant": "df", "set": "mt-bench/coding", "tau": 9.0}, {"variant": "x", "set": "humaneval", "tau": None}]  # fmt: skip
+    ratios = comparison.tau_ratios(rows, "e3")
+    assert ratios["df"] == pytest.approx({"mt-bench vs e3": 0.8, "humaneval vs e3": 1.5, "humaneval / mt-bench": 2.5})
+    assert ratios["e3"]["humaneval / mt-bench"] == pytest.approx(4 / 3) and "x" not in ratios

@@ -74,8 +74,9 @@ def compare(options: ComparisonOptions, variants: list[Variant], plot_path: Path
     trainings = {name: training for name, training, _ in runs}
     machine = f"{hardware}; {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     comparison.plot_tau_curves(curves, plot_path, f"bench-algorithms on SmolLM2-135M-Instruct, {options.steps} steps each — {machine}")
+    reference = variants[0].name if variants else None
     document = {"machine": machine, "options": _jsonable(options), "verifier": verifier, "trainings": trainings,
-                "rows": rows, "plot": str(plot_path)}  # fmt: skip
+                "rows": rows, "tau_ratios": {"reference": reference, "ratios": comparison.tau_ratios(rows, reference)}, "plot": str(plot_path)}  # fmt: skip
     write_text_atomic(out / "comparison.json", json.dumps(document, indent=2) + "\n")
     return document
 
@@ -162,6 +163,8 @@ def print_table(result: dict) -> None:
     for row in result["rows"]:
         table.add_row(*(escape(comparison.format_cell(column, row)) for column in comparison.TABLE_COLUMNS))
     stdout.print(table)
+    for variant, ratios in result["tau_ratios"]["ratios"].items():
+        stdout.print(f"{escape(variant)}: " + ", ".join(f"τ {escape(what)} {value:.2f}×" for what, value in ratios.items()))
     steps = {name: t["steps"] for name, t in result["trainings"].items()}
     stdout.print(f"optimizer steps per variant: {steps}; plot: {escape(result['plot'])}")
 

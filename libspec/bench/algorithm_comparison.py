@@ -196,6 +196,22 @@ def comparison_rows(variant: str, report: dict, training: dict) -> list[dict]:
     return rows
 
 
+def tau_ratios(rows: list[dict], reference: str) -> dict[str, dict[str, float]]:
+    """Each variant's τ (at its best k) over `reference`'s, per prompt set, and its code/chat gap
+    (HumanEval τ over MT-Bench τ): the issue's targets read off the measured rows."""
+    tau = {(r["variant"], r["set"]): r["tau"] for r in rows if r["tau"] is not None}
+    ratios: dict[str, dict[str, float]] = {}
+    for (variant, set_name), value in tau.items():
+        base = tau.get((reference, set_name))
+        if base and "/" not in set_name:
+            ratios.setdefault(variant, {})[f"{set_name} vs {reference}"] = value / base
+    for variant in {v for v, _ in tau}:
+        code, chat = tau.get((variant, "humaneval")), tau.get((variant, "mt-bench"))
+        if code and chat:
+            ratios.setdefault(variant, {})["humaneval / mt-bench"] = code / chat
+    return ratios
+
+
 def tau_curves(report: dict) -> dict[str, list[tuple[int, float]]]:
     """τ against k for each prompt set of a report (the plot's lines)."""
     return {s["name"]: [(r["k"], r["derived"]["tau"]) for r in s.get("runs", []) if r["derived"].get("tau") is not None]
