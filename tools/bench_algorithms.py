@@ -13,6 +13,7 @@ optimizer steps. Progress goes to stderr, the table to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,8 +152,6 @@ def _python(command: list[str], python: str = sys.executable) -> tuple[str, int]
 
 
 def _jsonable(options: ComparisonOptions) -> dict:
-    import dataclasses
-
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
 
 
