@@ -108,3 +108,13 @@ def test_tau_ratios_against_a_reference_and_the_code_chat_gap():
     ratios = comparison.tau_ratios(rows, "e3")
     assert ratios["df"] == pytest.approx({"mt-bench vs e3": 0.8, "humaneval vs e3": 1.5, "humaneval / mt-bench": 2.5})
     assert ratios["e3"]["humaneval / mt-bench"] == pytest.approx(4 / 3) and "x" not in ratios
+
+
+def test_a_stage_is_reused_only_for_the_same_command(tmp_path):
+    from tools.bench_algorithms import _stage
+
+    record = tmp_path / "train-x.json"
+    record.write_text('{"command": ["tools.spec_train", "--max-steps", "5"], "wall_s": 3.0}')
+    assert _stage(record, ["tools.spec_train", "--max-steps", "5"])["wall_s"] == 3.0  # nothing runs
+    with pytest.raises(SpecError, match="train-x.json: made by another command"):
+        _stage(record, ["tools.spec_train", "--max-steps", "6"])
