@@ -201,7 +201,8 @@ verifier *ARGS:
 # HumanEval prompts: one table (best k, τ, per-position acceptance, c, speedup, lossless, training
 # wall-clock, tokens/s and memory), a τ-vs-k plot and OUT/comparison.json. Every stage is reused on a
 # rerun. --upstream-dflash adds upstream speculators' DFlash trainer on the same batches (gates venv).
-# The defaults take roughly 40 min on a shared 2-core CPU; see `python -m tools.bench_algorithms --help`.
+# Measured with the defaults on a shared, loaded 2-core Xeon: capture 4 min, the 5 trainings 24 min,
+# each spec-bench 20-30 min at load 5-10 (run benches in parallel there); see `python -m tools.bench_algorithms --help`.
 [doc("EAGLE-3 vs DFlash vs EAGLE-1 vs HASS on one SmolLM2 data set and step budget: one table and plot")]
 bench-algorithms *ARGS: real-extra
     python -m tools.bench_algorithms {{ARGS}}
