@@ -201,6 +201,17 @@ gates:
 verifier *ARGS:
     python -m tools.build_verifier --preset full {{ARGS}}
 
+# EAGLE-3, DFlash (2 layers, blocks of 8), EAGLE-1 and the HASS options trained on ONE SmolLM2 capture
+# (the union of their layers) for the same optimizer steps, then spec-bench on the same MT-Bench and
+# HumanEval prompts: one table (best k, τ, per-position acceptance, c, speedup, lossless, training
+# wall-clock, tokens/s and memory), a τ-vs-k plot and OUT/comparison.json. Every stage is reused on a
+# rerun. --upstream-dflash adds upstream speculators' DFlash trainer on the same batches (gates venv).
+# Measured with the defaults on a shared, loaded 2-core Xeon: capture 4 min, the 5 trainings 24 min,
+# each spec-bench 20-30 min at load 5-10 (run benches in parallel there); see `python -m tools.bench_algorithms --help`.
+[doc("EAGLE-3 vs DFlash vs EAGLE-1 vs HASS on one SmolLM2 data set and step budget: one table and plot")]
+bench-algorithms *ARGS: real-extra
+    python -m tools.bench_algorithms {{ARGS}}
+
 # Upstream runs in $SPEC_UPSTREAM_PYTHON (a venv with speculators 0.9.0); without it only our side runs.
 # spec-train vs upstream speculators' EAGLE-3 trainer: tokens/s, peak memory, held-out tau
 bench-train *ARGS:
