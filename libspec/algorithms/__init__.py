@@ -36,8 +36,8 @@ ALGORITHMS: dict[str, ModuleType] = {name: importlib.import_module(f"libspec.alg
 
 
 def algorithm_for(model_type: str) -> ModuleType | None:
-    """The package implementing `speculators_model_type`, or None if we do not know it."""
-    return ALGORITHMS.get(model_type)
+    """The package implementing `speculators_model_type`, or None if we do not know it (or it is not a string)."""
+    return ALGORITHMS.get(model_type) if isinstance(model_type, str) else None
 
 
 def algorithm_name(config: dict) -> str | None:

@@ -232,18 +232,20 @@ def _check_checkpoint(report: Report) -> None:
     config = ckpt.read_config(report.path)
     _check_weight_digests(report, config)
     model_type = algorithm_name(config)
-    if model_type != eagle.ALGORITHM:  # EAGLE-1 folders are plain HF configs, not speculators configs
-        problems = schema_problems("speculator-config", config)
-        report.problems.extend(f"{ckpt.CONFIG} {p}" for p in problems)
-        if problems:
-            return  # the algorithm's own checks read the config as the schema types it
+    schema = schema_problems("speculator-config", config) if model_type != eagle.ALGORITHM else []  # EAGLE-1: a plain HF config
+    report.problems.extend(f"{ckpt.CONFIG} {p}" for p in schema)
     algorithm = algorithm_for(model_type)
     if algorithm is None:
         report.problems.append(f"{ckpt.CONFIG}: speculators_model_type {model_type!r} is not one spec-tools can check")
         return
     verifier_layers = _verifier_layers(config)
-    report.problems.extend(f"{ckpt.CONFIG}: {p}" for p in algorithm.config_problems(config, verifier_layers=verifier_layers))
-    report.warnings.extend(f"{ckpt.CONFIG}: {w}" for w in algorithm.config_warnings(config, verifier_layers=verifier_layers))
+    try:
+        report.problems.extend(f"{ckpt.CONFIG}: {p}" for p in algorithm.config_problems(config, verifier_layers=verifier_layers))
+        report.warnings.extend(f"{ckpt.CONFIG}: {w}" for w in algorithm.config_warnings(config, verifier_layers=verifier_layers))
+    except (AttributeError, TypeError, KeyError, ValueError):
+        if not schema:
+            raise
+        return  # the algorithm's checks read the config as the schema types it; the schema said what is wrong
     if report.problems:
         return  # the expected weights cannot be derived from a broken config
     headers = ckpt.tensor_headers(report.path)
