@@ -65,6 +65,7 @@ class Layout:
 LLAMA3_ROPE = {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
 QWEN3_ROPE = {"rope_theta": 1000000.0}
 
+# Shapes and dtypes as in the real configs of tests/data/published_configs (SOURCES.md there).
 LAYOUTS: dict[str, Layout] = {
     "safeailab-eagle3-llama3.1-8b": Layout(
         "safeailab-eagle3", "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B", 4096, 32, 8, 14336, 128256, 32000, 1, 32, 14336,
@@ -75,7 +76,7 @@ LAYOUTS: dict[str, Layout] = {
         torch.bfloat16, "model.safetensors", extra={**QWEN3_ROPE, "eagle_config": {"eagle_aux_hidden_state_layer_ids": [1, 17, 32]}},
     ),
     "specforge-eagle3.1-qwen3-30b-a3b": Layout(
-        "specforge-eagle3", "SpecForge EAGLE-3.1 (fc_norm) for Qwen/Qwen3-30B-A3B", 2048, 32, 4, 6144, 151936, 32000, 1, 48, 6144,
+        "specforge-eagle3", "SpecForge EAGLE-3.1 (fc_norm) for Qwen/Qwen3-30B-A3B", 2048, 32, 4, 12288, 151936, 32000, 1, 48, 6144,
         torch.bfloat16, "model.safetensors", extra={**QWEN3_ROPE, "fc_norm": True, "eagle_config": {"eagle_aux_hidden_state_layer_ids": [1, 23, 44]}},
     ),
     "zlab-dflash-qwen3-8b": Layout(
@@ -85,7 +86,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "safeailab-eagle1-vicuna-7b": Layout(
         "safeailab-eagle", "yuhuili/EAGLE-Vicuna-7B-v1.3", 4096, 32, 32, 11008, 32000, 32000, 1, 32, 11008,
-        torch.float32, "pytorch_model.bin", extra={"rope_theta": 10000.0, "bias": True},
+        torch.float16, "pytorch_model.bin", extra={"rope_theta": 10000.0, "bias": True},
     ),
 }
 
