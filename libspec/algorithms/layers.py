@@ -206,3 +206,17 @@ class DraftTensors:
         if missing or unexpected:
             raise ValueError(f"checkpoint tensors differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         self.load_state_dict(tensors, strict=False)
+
+
+def decoder_fsdp_units(layers) -> list[nn.Module]:
+    """FSDP units of a stack of decoder layers: each attention projection and each MLP, sharded (and
+    gathered) one at a time; the rest shards with the root.
+
+    Units take plain tensors only: FSDP2 copies dataclass arguments of a unit's forward, so a
+    decoder layer (which receives its KV cache) cannot be a unit without losing cache appends.
+    """
+    units: list[nn.Module] = []
+    for layer in layers:
+        attention = layer.self_attn
+        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
+    return units

@@ -33,6 +33,7 @@ from torch import nn
 
 from libspec.algorithms.dflash.config import DFlashOptions, make_config
 from libspec.algorithms.dflash.model import DFlashDraft
+from libspec.algorithms.layers import decoder_fsdp_units
 from libspec.algorithms.eagle3.config import draft_layer_config
 from libspec.algorithms.eagle3.train import derive_metrics
 from libspec.errors import SpecError
@@ -285,9 +286,5 @@ def complete_counts(counts: dict, options: DFlashTrainOptions) -> dict:
 
 
 def fsdp_units(draft: DFlashDraft) -> list[nn.Module]:
-    """The draft's big blocks, sharded (and gathered) one at a time; the rest shards with the root."""
-    units: list[nn.Module] = []
-    for layer in draft.layers:
-        attention = layer.self_attn
-        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
-    return units
+    """The draft's big blocks, one FSDP unit each (see `decoder_fsdp_units`)."""
+    return decoder_fsdp_units(draft.layers)

@@ -31,7 +31,7 @@ from libspec.algorithms.eagle.model import EagleDraft
 from libspec.algorithms.eagle3.config import draft_layer_config
 from libspec.algorithms.eagle3.train import derive_metrics, same_document_ahead, shift_queries, step_counts
 from libspec.algorithms.hass import topk_distillation_loss
-from libspec.algorithms.layers import DocumentSpans, DraftCache
+from libspec.algorithms.layers import DocumentSpans, DraftCache, decoder_fsdp_units
 from libspec.errors import SpecError
 from libspec.options import check_options, option
 from libspec.train.draft_init import initialise_draft
@@ -213,9 +213,5 @@ def complete_counts(counts: dict, options: EagleTrainOptions) -> dict:
 
 
 def fsdp_units(draft: EagleDraft) -> list[nn.Module]:
-    """The draft's big blocks, sharded (and gathered) one at a time; the rest shards with the root."""
-    units: list[nn.Module] = []
-    for layer in draft.layers:
-        attention = layer.self_attn
-        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
-    return units
+    """The draft's big blocks, one FSDP unit each (see `decoder_fsdp_units`)."""
+    return decoder_fsdp_units(draft.layers)

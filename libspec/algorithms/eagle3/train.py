@@ -26,7 +26,7 @@ from libspec.algorithms.eagle3 import config as eagle3_config
 from libspec.algorithms.eagle3.config import VLLM_ARCHITECTURES, Eagle3Options, make_config
 from libspec.algorithms.eagle3.model import Eagle3Draft
 from libspec.algorithms.hass import topk_distillation_loss
-from libspec.algorithms.layers import DocumentSpans, DraftCache
+from libspec.algorithms.layers import DocumentSpans, DraftCache, decoder_fsdp_units
 from libspec.errors import SpecError
 from libspec.options import check_options, option
 from libspec.train.draft_init import initialise_draft
@@ -280,13 +280,5 @@ def complete_counts(counts: dict, options: Eagle3TrainOptions) -> dict:
 
 
 def fsdp_units(draft: Eagle3Draft) -> list[nn.Module]:
-    """The draft's big blocks, sharded (and gathered) one at a time; the rest shards with the root.
-
-    Units take plain tensors only: FSDP2 copies dataclass arguments of a unit's forward, so a
-    decoder layer (which receives its KV cache) cannot be a unit without losing cache appends.
-    """
-    units: list[nn.Module] = []
-    for layer in draft.layers:
-        attention = layer.self_attn
-        units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
-    return units
+    """The draft's big blocks, one FSDP unit each (see `decoder_fsdp_units`)."""
+    return decoder_fsdp_units(draft.layers)
