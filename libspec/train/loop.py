@@ -28,6 +28,7 @@ from libspec.format.sample_table import SampleTable, open_sample_table
 from libspec.train import distributed, outputs
 from libspec.train.config import TrainConfig, check_config
 from libspec.train.packing import PackedBatch, build_batch, is_validation_record, num_queries, plan_epoch
+from libspec.train.prefetch import BatchPrefetcher
 from libspec.train.state import Progress
 from libspec.train.teacher import VerifierHead, load_verifier_head
 from libspec.train.vocab_map import VocabMap, build_vocab_map, choose_draft_vocab_size, count_supervised_tokens
@@ -121,10 +122,11 @@ def train_epoch(run: Run, session: Session, schedule: Schedule, emit: EventCallb
     config, progress = run.config, session.progress
     plan = epoch_plan(run, schedule.train_counts, progress.epoch)
     epoch_steps = len(plan) // schedule.batches_per_step
-    while progress.batch < epoch_steps and progress.step < schedule.max_steps:
-        emit("step", train_step(run, session, schedule, plan))
-        if config.save_every and progress.step % config.save_every == 0 and progress.batch < epoch_steps:
-            save(run, session, f"checkpoint-step-{progress.step}", None, emit)
+    with BatchPrefetcher(lambda index: load_batch(run, plan[index])) as batches:
+        while progress.batch < epoch_steps and progress.step < schedule.max_steps:
+            emit("step", train_step(run, session, schedule, plan, batches))
+            if config.save_every and progress.step % config.save_every == 0 and progress.batch < epoch_steps:
+                save(run, session, f"checkpoint-step-{progress.step}", None, emit)
     # End of an epoch, or of the run in mid-epoch (--max-steps): validate, checkpoint, maybe a new best.
     epoch_done = progress.batch >= epoch_steps
     name = f"checkpoint-epoch-{progress.epoch}" if epoch_done else f"checkpoint-step-{progress.step}"
@@ -136,12 +138,12 @@ def train_epoch(run: Run, session: Session, schedule: Schedule, emit: EventCallb
     save(run, session, name, validation, emit)
 
 
-def train_step(run: Run, session: Session, schedule: Schedule, plan: list[list[int]]) -> dict:
+def train_step(run: Run, session: Session, schedule: Schedule, plan: list[list[int]], batches: BatchPrefetcher) -> dict:
     """One optimizer step at the scheduled learning rate; returns (and logs) its metrics."""
     config, progress = run.config, session.progress
     started = time.perf_counter()
     lr = config.lr * lr_factor(progress.step, schedule.total_steps, schedule.warmup_steps, config.schedule)
-    counts, grad_norm = optimizer_step(run, session, plan, progress.batch, lr)
+    counts, grad_norm = optimizer_step(run, session, plan, progress.batch, lr, batches)
     progress.step += 1
     progress.batch += 1
     progress.tokens += int(counts["queries"])
@@ -156,7 +158,7 @@ def train_step(run: Run, session: Session, schedule: Schedule, plan: list[list[i
     return session.last_metrics
 
 
-def optimizer_step(run: Run, session: Session, plan, batch_index: int, lr: float) -> tuple[dict, float | None]:
+def optimizer_step(run: Run, session: Session, plan, batch_index: int, lr: float, batches: BatchPrefetcher) -> tuple[dict, float | None]:
     """One optimizer step over this rank's grad_accum micro-batches; returns counts summed over ranks and the grad norm.
 
     Micro-batch m of step s on rank r is plan[(s*K + m)*W + r], so one process with K = W*k sees
@@ -165,8 +167,9 @@ def optimizer_step(run: Run, session: Session, plan, batch_index: int, lr: float
     config, topology = run.config, run.topology
     counts: dict[str, float] = {}
     for micro in range(config.grad_accum):
-        index = (batch_index * config.grad_accum + micro) * topology.world_size + topology.rank
-        batch = load_batch(run, plan[index]).to(topology.device)
+        index = _plan_index(run, batch_index, micro)
+        following = _plan_index(run, batch_index, micro + 1)  # micro K is the next step's first
+        batch = batches.get(index, following if following < len(plan) else None).to(topology.device)
         last = micro == config.grad_accum - 1
         with (nullcontext() if last or not hasattr(session.wrapped, "no_sync") else session.wrapped.no_sync()), session.autocast:
             loss, micro_counts = session.wrapped(batch)
@@ -180,6 +183,11 @@ def optimizer_step(run: Run, session: Session, plan, batch_index: int, lr: float
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
     return counts, None if grad_norm is None else float(grad_norm)
+
+
+def _plan_index(run: Run, batch_index: int, micro: int) -> int:
+    """Where micro-batch `micro` of step `batch_index` on this rank is in the epoch's plan."""
+    return (batch_index * run.config.grad_accum + micro) * run.topology.world_size + run.topology.rank
 
 
 def _refuse_nonfinite_loss(run: Run, counts: dict, plan, batch_index: int, step: int) -> None:
