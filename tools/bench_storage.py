@@ -2,7 +2,12 @@
 
     python -m tools.bench_storage [--records N] [--train-steps N] [--speed-steps N] [--tau-prompts N] [--work DIR] [--json]
 
-One table, every figure measured in this run on the same captured samples:
+Time on a 2-core Xeon at the defaults: about an hour, most of it the two τ drafts' training.
+
+The samples are SmolLM2's own answers (greedy, as `./just demo` makes them) to the training
+prompts of tools.instruction_prompts (disjoint from both benchmark sets), captured once with
+--regenerate and then recaptured from their tokens in each storage variant, so every variant
+holds the same samples. One table, every figure measured in this run on them:
 - bytes per token on disk for raw and zstd tensor shards, in bf16 and fp8, against upstream
   speculators' layout (one uncompressed safetensors file per sample, hidden states in bf16 plus
   int64 token ids, written here the way its ExampleHiddenStatesConnector writes them);
@@ -25,7 +30,6 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import sysconfig  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,7 +40,10 @@ from rich.table import Table  # noqa: E402
 
 from libspec.capture.gen_hidden import GenHiddenConfig, generate_hidden_states  # noqa: E402
 from libspec.capture.hooks import BatchLimits  # noqa: E402
-from libspec.demo.corpus import CorpusOptions, write_corpus_conversations  # noqa: E402
+from libspec.bench.benchmarks import humaneval_function_names  # noqa: E402
+from libspec.demo.corpus import write_jsonl  # noqa: E402
+from libspec.demo.instructions import instruction_prompts  # noqa: E402
+from libspec.demo.tiny_verifier import stdlib_sources  # noqa: E402
 from libspec.format.dataset import Dataset  # noqa: E402
 from libspec.format.tensors import write_tensor_shard  # noqa: E402
 from libspec.verifier import load_model, load_verifier  # noqa: E402
@@ -50,12 +57,13 @@ MACHINE_NOTE = "2-core Intel Xeon (AVX512+AMX), shared/loaded"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("bench-storage", "Hidden-state storage on SmolLM2: bytes per token, encode/decode cost, τ on bf16 vs fp8 data.")
     parser.add_argument("--verifier", help="a verifier folder (default: SmolLM2-135M-Instruct, built and cached on first use)")
-    parser.add_argument("--records", type=int, default=60, help="inputs cut from the stdlib corpus (default: 60)")
+    parser.add_argument("--records", type=int, default=320, help="training prompts the verifier answers (default: 320)")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="longest answer (default: 96)")
     parser.add_argument("--max-len", type=int, default=768, help="truncate records to N tokens (default: 768)")
-    parser.add_argument("--train-steps", type=int, default=40, help="optimizer steps of each draft trained for τ (default: 40)")
+    parser.add_argument("--train-steps", type=int, default=200, help="optimizer steps of each draft trained for τ (default: 200, about three epochs)")
     parser.add_argument("--speed-steps", type=int, default=8, help="optimizer steps of each timed training run, raw vs zstd (default: 8)")
     parser.add_argument("--speed-repeats", type=int, default=2, help="alternating timed runs per variant (default: 2)")
-    parser.add_argument("--tau-prompts", type=int, default=8, help="prompts per set (MT-Bench, HumanEval) for τ; 0 skips τ (default: 8)")
+    parser.add_argument("--tau-prompts", type=int, default=16, help="prompts per set (MT-Bench, HumanEval) for τ; 0 skips τ (default: 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, the steadiest on a shared machine)")
     parser.add_argument("--work", help="keep captures, drafts and report.json here (reused when present); default: a temporary folder")
     parser.add_argument("--show", metavar="REPORT", help="print the table of a report.json an earlier run saved, measuring nothing")
@@ -81,10 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def bench(args, verifier: str, work: Path) -> dict:
-    inputs = work / "inputs.jsonl"
-    if not inputs.exists():
-        root = Path(sysconfig.get_paths()["stdlib"])
-        write_corpus_conversations(inputs, sorted(root.glob("*.py")), root, args.records, CorpusOptions())
+    inputs = on_policy_tokens(verifier, args, work)
     base = GenHiddenConfig(verifier=verifier, inputs=(str(inputs),), output="", device="cpu", max_len=args.max_len)
     data = {name: work / name for name in ("bf16-raw", "bf16-zstd", "fp8-raw", "fp8-zstd")}
     gen_s = capture_all(base, data, args.speed_repeats, work)
@@ -103,6 +108,26 @@ def bench(args, verifier: str, work: Path) -> dict:
     if args.tau_prompts:
         report["tau"] = {name: tau_after_training(data[f"{name}-zstd"], verifier, args, work / f"tau-{name}") for name in ("bf16", "fp8")}
     return report
+
+
+def on_policy_tokens(verifier: str, args, work: Path) -> Path:
+    """JSONL of input_ids + loss_mask: the verifier's own answers to --records training prompts (made once, then reused)."""
+    tokens = work / "on-policy-tokens.jsonl"
+    if tokens.exists():
+        return tokens
+    prompts = work / "prompts.jsonl"
+    root, files = stdlib_sources()
+    write_jsonl(prompts, instruction_prompts(root, files, excluded_names=humaneval_function_names()), args.records)
+    answered = work / "answered"
+    generate_hidden_states(GenHiddenConfig(verifier=verifier, inputs=(str(prompts),), output=str(answered), device="cpu", max_len=args.max_len,
+                                           regenerate=True, max_new_tokens=args.max_new_tokens))  # fmt: skip
+    scratch = tokens.with_suffix(".tmp")
+    with open(scratch, "w") as out:
+        for sample in Dataset(answered):
+            out.write(json.dumps({"input_ids": sample.record["input_ids"], "loss_mask": sample.record["loss_mask"]}) + "\n")
+    scratch.replace(tokens)
+    shutil.rmtree(answered)
+    return tokens
 
 
 def capture_all(base: GenHiddenConfig, data: dict[str, Path], repeats: int, work: Path) -> dict[str, list[float]]:
