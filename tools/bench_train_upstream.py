@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--draft-vocab-size", type=int, help="as spec-train's (default: its choice)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +56,8 @@ def main() -> None:
     from tools.bench_train import planned_batches
 
     ours = TrainConfig.from_dict({"data": args.data, "verifier": args.verifier, "output": args.output, "tokens_per_batch": args.tokens_per_batch,
-                                  "ttt_steps": args.ttt_steps, "seed": args.seed, "max_steps": args.steps})  # fmt: skip
+                                  "ttt_steps": args.ttt_steps, "seed": args.seed, "max_steps": args.steps,
+                                  **({"draft_vocab_size": args.draft_vocab_size} if args.draft_vocab_size else {})})  # fmt: skip
     run = prepare(ours)  # the same checks, split, layers and vocabulary as spec-train
     # The draft decoder config exactly as upstream's train CLI builds it (1 llama layer, sliding window 2048).
     layer_config = create_transformer_layer_config(args.verifier, num_layers=1, draft_arch="llama", hidden_act=None,
