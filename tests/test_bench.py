@@ -13,6 +13,7 @@ from conftest import TINY_LLAMA, random_checkpoint_tensors
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.decoding import DecodingVerifier
+from libspec.bench.kernels import packed_gemm_available
 from libspec.bench.measure import (
     answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
 )
@@ -300,3 +301,17 @@ def test_draft_that_cannot_run_on_the_verifier_is_refused_even_with_force(tiny_s
     args = ["--verifier", str(wide), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"), "--force"]
     with pytest.raises(SpecError, match=r"does not fit the verifier .*hidden_size is 16 but the verifier's is 32; eagle_aux_hidden_state_layer_ids \[1, 2, 3\] reach past the verifier's 2 layers"):
         main(args)
+
+
+@pytest.mark.skipif(not packed_gemm_available(torch.device("cpu"), torch.float32), reason="no MKL packed GEMM in this torch build")
+def test_packed_kernels_keep_the_output_and_are_recorded(tiny_setup, capsys):
+    path = tiny_setup
+    status = main(["--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+                   "--k", "3", "--max-new-tokens", "12", "--cost-repeats", "2", "--kernels", "auto", "--json"])  # fmt: skip
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert schema_problems("bench-report", report) == []
+    kernels = report["kernels"]
+    assert set(kernels["forward_ms"]) == {str(n) for n in range(1, 9)}  # every forward size the run and its isolated costs use was timed
+    assert all(kernels["routes"][rows] >= int(rows) for rows in kernels["routes"])
+    assert all(r["derived"]["lossless"] for r in report["prompt_sets"][0]["runs"])

@@ -17,7 +17,8 @@ from rich.table import Table
 from libspec.format import checkpoint as ckpt
 from libspec.algorithms import load_proposer, verifier_mismatches
 from libspec.format.atomic import write_text_atomic
-from libspec.bench.measure import BenchSettings, bench_prompt_set, report_header
+from libspec.bench.kernels import plan_small_batch_linears, verifier_forward_timer
+from libspec.bench.measure import MIN_ISOLATED_FORWARD_TOKENS, BenchSettings, bench_prompt_set, report_header
 from libspec.bench.decoding import DecodingVerifier
 from libspec.errors import SpecError
 from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
@@ -97,6 +98,9 @@ def build_parser():
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest and steadiest at batch 1)")
+    parser.add_argument("--kernels", choices=("auto", "plain"), default="plain",
+                        help="verifier linears for forwards of a few tokens: auto = MKL's packed GEMM where timed faster at setup "
+                             "(CPU, float32; costs memory, within half of what is available), plain = torch's default (default plain)")  # fmt: skip
     parser.add_argument("-o", "--output", help="write the JSON report to this file")
     parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
     parser.add_argument("--write-best-k", action="store_true", help="store the best measured k in the checkpoint's speculators_config")
@@ -141,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     speculator_info = _speculator_info(args.speculator) if args.speculator else None
     command = shlex.join(["spec-bench", *(sys.argv[1:] if argv is None else argv)])
     report = report_header(settings, device, dtype, fingerprint.to_dict(), speculator_info, command)
+    report["kernels"] = _choose_kernels(args.kernels, verifier, settings)
 
     with stderr.status("benchmarking") as status:
         report["prompt_sets"] = [
@@ -160,6 +165,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print_report(report)
     return _report_floors(args.require, args.output or "this run", report)
+
+
+def _choose_kernels(choice: str, verifier: DecodingVerifier, settings: BenchSettings) -> dict:
+    """Install the verifier's small-batch kernels (timed here, for every forward size the run and its isolated costs use)."""
+    if choice == "plain":
+        return {"kernel": "plain", "note": "plain kernels (--kernels plain)"}
+    sizes = list(range(1, max(MIN_ISOLATED_FORWARD_TOKENS, max(settings.k_values) + 1) + 1))
+    with stderr.status("timing the verifier's forwards of a few tokens with and without packed kernels"):
+        plan = plan_small_batch_linears(verifier.model, sizes, verifier_forward_timer(verifier))
+    verifier.reset()
+    plan.install(verifier.model)
+    stderr.print(f"kernels: {plan.note}")
+    return plan.describe()
 
 
 def _report_floors(floors, source: str, report: dict) -> int:
@@ -215,7 +233,8 @@ def _write_best_k(path: str, report: dict) -> None:
 def print_report(report: dict) -> None:
     """One table per prompt set; the best k in bold; flags under the table."""
     stdout.print(f"[bold]{escape(report['hardware'])}[/], {report['dtype']}, temperature {report['settings']['temperature']}, "
-                 f"{report['settings']['max_new_tokens']} new tokens per prompt")
+                 f"{report['settings']['max_new_tokens']} new tokens per prompt"
+                 + (f"; kernels: {escape(report['kernels']['note'])}" if report.get("kernels") else ""))
     for prompt_set in report["prompt_sets"]:
         title = f"{prompt_set['name']}: {prompt_set['num_prompts']} prompts, verifier alone {_baseline_tokens_per_s(prompt_set):.0f} tok/s"
         table = Table(title=escape(title), title_justify="left")
