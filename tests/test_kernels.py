@@ -1,5 +1,7 @@
 """Packed small-batch kernels for the verifier: same outputs, chosen by the forward's own timing, bounded memory."""
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -88,3 +90,34 @@ def test_without_mkl_packed_gemm_the_plan_is_plain():
     model = tiny_model().to(torch.bfloat16)
     plan = plan_small_batch_linears(model, [1, 4], lambda rows: 1.0)
     assert plan.routes == {} and plan.note.startswith("plain kernels")
+
+
+@needs_mkl
+def test_shared_kv_groups_are_kept_when_faster_and_give_the_same_logits(monkeypatch):
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model = tiny_model()  # 4 query heads, 2 KV heads
+
+    def time_forward(rows):
+        return 0.5 if os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1" else 1.0
+
+    plan = plan_small_batch_linears(model, [1, 4], time_forward, budget_bytes=10**9)
+    assert plan.shared_kv_groups and "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+    verifier = DecodingVerifier(model)
+    context = torch.randint(0, 300, (20,))
+    verifier.forward(context)
+    expected = verifier.forward(context[:4])[0]
+    verifier.reset()
+    plan.install(model)
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+    verifier.forward(context)
+    torch.testing.assert_close(verifier.forward(context[:4])[0], expected, rtol=1e-4, atol=1e-4)
+    plan.remove()
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+
+
+@needs_mkl
+def test_a_users_own_gqa_setting_is_left_alone(monkeypatch):
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    model = tiny_model()
+    plan = plan_small_batch_linears(model, [1, 4], lambda rows: 1.0, budget_bytes=10**9)
+    assert not plan.shared_kv_groups and os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"

@@ -13,17 +13,26 @@ real forward, where the whole model streams from memory), so `plan_small_batch_l
 verifier's own forward of each row count with and without the packs, and keeps them for the row
 counts where they win. Packs are made only while they fit a memory budget. Inference only: with
 autograd on, or any other row count, the plain kernel runs.
+
+Attention has the same kind of waste: with a mask (any forward of several tokens after a cache),
+transformers' SDPA path copies the cached keys and values once per query head group
+(`repeat_kv`) instead of letting torch's kernel share them (`enable_gqa`), because some CUDA
+kernels need that. On a CPU torch's kernel takes the mask and the groups together with the same
+result; transformers' own switch for it (TRANSFORMERS_SDPA_FORCE_GQA) is set while the plan is
+installed, if a timing shows it faster.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-FASTER_BY = 0.97  # packs must save at least 3% of a forward to be kept
+FASTER_BY = 0.97  # packs (or shared K/V groups) must save at least 3% of a forward to be kept
+FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 TIMING_REPEATS = 5
 
 
@@ -57,13 +66,15 @@ class KernelPlan:
     routes: dict[int, int] = field(default_factory=dict)  # rows -> rows of the pack they run on
     forward_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # rows -> {"plain": ms, "packed": ms}
     pack_bytes: int = 0
+    shared_kv_groups: bool = False  # sets FORCE_GQA while installed
     note: str = ""
+    _saved_force_gqa: str | None = field(default=None, repr=False)
     _packs: dict[nn.Linear, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
     _plain: dict[nn.Linear, object] = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         return {"kernel": "mkl packed gemm" if self.routes else "plain", "note": self.note, "routes": {str(r): p for r, p in self.routes.items()},
-                "pack_bytes": self.pack_bytes, "forward_ms": self.forward_ms}  # fmt: skip
+                "pack_bytes": self.pack_bytes, "shared_kv_groups": self.shared_kv_groups, "forward_ms": self.forward_ms}  # fmt: skip
 
     def install(self, model: nn.Module, routes: dict[int, int] | None = None) -> None:
         """Route the linears' forwards of these row counts (default: the plan's) to their packs, making missing packs."""
@@ -75,8 +86,21 @@ class KernelPlan:
                 packs[rows] = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), rows)
             self._plain[module] = module.__dict__.get("forward")  # None: the class's own forward
             module.forward = _packed_forward(module, dict(routes), packs)
+        if self.shared_kv_groups:
+            self._share_kv_groups(True)
+
+    def _share_kv_groups(self, on: bool) -> None:
+        if on:
+            self._saved_force_gqa = os.environ.get(FORCE_GQA)
+            os.environ[FORCE_GQA] = "1"
+        elif self._saved_force_gqa is None:
+            os.environ.pop(FORCE_GQA, None)
+        else:
+            os.environ[FORCE_GQA] = self._saved_force_gqa
 
     def remove(self) -> None:
+        if self.shared_kv_groups and os.environ.get(FORCE_GQA) == "1":
+            self._share_kv_groups(False)
         for module, forward in self._plain.items():
             if forward is None:
                 del module.forward  # back to the class's method, as if never installed
@@ -122,9 +146,34 @@ def plan_small_batch_linears(model: nn.Module, sizes: list[int], time_forward: C
     plan.forward_ms = {str(rows): {"plain": round(plain[rows] * 1e3, 2), "packed": round(packed[rows] * 1e3, 2)} for rows in candidates}
     plan.drop_unused_packs()
     plan.pack_bytes = weight_bytes * len(set(plan.routes.values()))
+    plan.shared_kv_groups = _shared_kv_groups_faster(plan, model, [rows for rows in sizes if rows > 1], time_forward)
     plan.note = (f"MKL packed GEMM for forwards of {', '.join(map(str, plan.routes))} tokens ({plan.pack_bytes / 2**20:,.0f} MiB of packs)"
                  if plan.routes else "plain kernels: packed GEMM measured no faster here")  # fmt: skip
+    if plan.shared_kv_groups:
+        plan.note += "; attention shares K/V across query groups (no repeat_kv copies)"
     return plan
+
+
+def _shared_kv_groups_faster(plan: KernelPlan, model: nn.Module, sizes: list[int], time_forward: Callable[[int], float]) -> bool:
+    """Whether forwards of several tokens (with the plan's packs) are faster with K/V shared across query groups."""
+    if not sizes or FORCE_GQA in os.environ:  # the user's own setting stands
+        return False
+    copied = {rows: float("inf") for rows in sizes}
+    shared = dict(copied)
+    plan.install(model)
+    try:
+        for _ in range(TIMING_REPEATS):
+            for rows in sizes:
+                copied[rows] = min(copied[rows], time_forward(rows))
+            os.environ[FORCE_GQA] = "1"
+            try:
+                for rows in sizes:
+                    shared[rows] = min(shared[rows], time_forward(rows))
+            finally:
+                del os.environ[FORCE_GQA]
+    finally:
+        plan.remove()
+    return sum(shared.values()) < FASTER_BY * sum(copied.values())
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
