@@ -166,6 +166,10 @@ bench-gen *ARGS:
 bench-storage *ARGS: real-extra
     python -m tools.bench_storage {{ARGS}}
 
+# the verifier's forward of 1..8 tokens with plain kernels vs spec-bench --kernels auto, side by side (v = verify cost)
+bench-kernels *ARGS: real-extra
+    python -m tools.bench_kernels {{ARGS}}
+
 # training conversations cut from the built-in verifier's training files (stdlib sources)
 conversations OUT="out/conversations.jsonl" *ARGS:
     python -m tools.corpus_conversations -o {{OUT}} {{ARGS}}

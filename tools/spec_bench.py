@@ -98,9 +98,10 @@ def build_parser():
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest and steadiest at batch 1)")
-    parser.add_argument("--kernels", choices=("auto", "plain"), default="plain",
-                        help="verifier linears for forwards of a few tokens: auto = MKL's packed GEMM where timed faster at setup "
-                             "(CPU, float32; costs memory, within half of what is available), plain = torch's default (default plain)")  # fmt: skip
+    parser.add_argument("--kernels", choices=("auto", "plain"), default="auto",
+                        help="the verifier's kernels for forwards of a few tokens: auto = MKL's packed GEMM and K/V shared across query "
+                             "groups for the sizes where the verifier's own forward times faster with them (CPU, float32; packs cost "
+                             "memory, at most half of what is available), plain = torch's and transformers' defaults (default auto)")  # fmt: skip
     parser.add_argument("-o", "--output", help="write the JSON report to this file")
     parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
     parser.add_argument("--write-best-k", action="store_true", help="store the best measured k in the checkpoint's speculators_config")

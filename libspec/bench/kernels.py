@@ -25,6 +25,7 @@ installed, if a timing shows it faster.
 from __future__ import annotations
 
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,7 +34,7 @@ from torch import nn
 
 FASTER_BY = 0.97  # packs (or shared K/V groups) must save at least 3% of a forward to be kept
 FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-TIMING_REPEATS = 5
+TIMING_REPEATS = 7
 
 
 def packed_gemm_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -132,18 +133,19 @@ def plan_small_batch_linears(model: nn.Module, sizes: list[int], time_forward: C
     if not candidates:
         plan.note = f"plain kernels: one set of packs ({weight_bytes / 2**20:,.0f} MiB) exceeds the memory budget of {budget / 2**20:,.0f} MiB"
         return plan
-    plain = {rows: float("inf") for rows in candidates}
-    packed = dict(plain)
-    for _ in range(TIMING_REPEATS):  # interleaved, best of N: drift on a shared machine hits both alike
+    ratios: dict[int, list[float]] = {rows: [] for rows in candidates}  # packed / plain, round by round
+    plain_ms: dict[int, list[float]] = {rows: [] for rows in candidates}
+    for _ in range(TIMING_REPEATS):  # alternating rounds: drift on a shared machine hits both alike
         plan.remove()
-        for rows in candidates:
-            plain[rows] = min(plain[rows], time_forward(rows))
+        plain = {rows: time_forward(rows) for rows in candidates}
         plan.install(model, candidates)
         for rows in candidates:
-            packed[rows] = min(packed[rows], time_forward(rows))
+            ratios[rows].append(time_forward(rows) / plain[rows])
+            plain_ms[rows].append(plain[rows] * 1e3)
     plan.remove()
-    plan.routes = {rows: pack for rows, pack in candidates.items() if packed[rows] < FASTER_BY * plain[rows]}
-    plan.forward_ms = {str(rows): {"plain": round(plain[rows] * 1e3, 2), "packed": round(packed[rows] * 1e3, 2)} for rows in candidates}
+    plan.routes = {rows: pack for rows, pack in candidates.items() if statistics.median(ratios[rows]) < FASTER_BY}
+    plan.forward_ms = {str(rows): {"plain": round(statistics.median(plain_ms[rows]), 2),
+                                   "packed": round(statistics.median(plain_ms[rows]) * statistics.median(ratios[rows]), 2)} for rows in candidates}  # fmt: skip
     plan.drop_unused_packs()
     plan.pack_bytes = weight_bytes * len(set(plan.routes.values()))
     plan.shared_kv_groups = _shared_kv_groups_faster(plan, model, [rows for rows in sizes if rows > 1], time_forward)
@@ -158,22 +160,19 @@ def _shared_kv_groups_faster(plan: KernelPlan, model: nn.Module, sizes: list[int
     """Whether forwards of several tokens (with the plan's packs) are faster with K/V shared across query groups."""
     if not sizes or FORCE_GQA in os.environ:  # the user's own setting stands
         return False
-    copied = {rows: float("inf") for rows in sizes}
-    shared = dict(copied)
+    ratios = []  # shared / copied, round by round, over all sizes
     plan.install(model)
     try:
         for _ in range(TIMING_REPEATS):
-            for rows in sizes:
-                copied[rows] = min(copied[rows], time_forward(rows))
+            copied = sum(time_forward(rows) for rows in sizes)
             os.environ[FORCE_GQA] = "1"
             try:
-                for rows in sizes:
-                    shared[rows] = min(shared[rows], time_forward(rows))
+                ratios.append(sum(time_forward(rows) for rows in sizes) / copied)
             finally:
                 del os.environ[FORCE_GQA]
     finally:
         plan.remove()
-    return sum(shared.values()) < FASTER_BY * sum(copied.values())
+    return statistics.median(ratios) < FASTER_BY
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
