@@ -2,7 +2,8 @@
 
     python -m tools.bench_storage [--records N] [--train-steps N] [--speed-steps N] [--tau-prompts N] [--work DIR] [--json]
 
-Time on a 2-core Xeon at the defaults: about an hour, most of it the two τ drafts' training.
+Time on a 2-core Xeon at the defaults: 1–2 hours (2 h shared with other benchmarks), most of it the two τ drafts'
+training; a rerun with --work reuses the captures and the τ drafts (31 min).
 
 The samples are SmolLM2's own answers (greedy, as `./just demo` makes them) to the training
 prompts of tools.instruction_prompts (disjoint from both benchmark sets), captured once with

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -199,8 +200,6 @@ def _packed_forward(module: nn.Linear, routes: dict[int, int], packs: dict[int, 
 def verifier_forward_timer(verifier, context_length: int = 128) -> Callable[[int], float]:
     """`time_forward` for a DecodingVerifier: seconds of a forward of `rows` new tokens after `context_length`
     cached ones (cropped back after each). Which token ids does not change the cost."""
-    import time
-
     verifier.reset()
     verifier.forward(torch.zeros(context_length, dtype=torch.long, device=verifier.device))
     length = verifier.length
