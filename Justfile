@@ -94,20 +94,35 @@ demo OUT="out/demo" PROMPTS="320" EPOCHS="4" N="8": real-extra
 # The full measurement on the real verifier: all 80 MT-Bench first turns and all 164 HumanEval
 # problems, k = 1..6, greedy (output checked identical to the verifier's own) and temperature 0.7,
 # with the per-category split, a plot per temperature, and the isolated costs. CKPT defaults to the
-# demo's draft. Hours on a 2-core CPU (244 prompts x 7 decodings x 2 temperatures at ~12 verifier
-# tokens/s ≈ 5-6 h at 64 new tokens); SETS="mt-bench:16 humaneval:16" gives a one-hour sample.
-[doc("the full measurement on SmolLM2: all of MT-Bench and HumanEval, k = 1..6, greedy and T = 0.7 (hours)")]
+# demo's draft. Hours on a CPU: 244 prompts x 7 decodings per temperature at ~12 verifier tokens/s
+# ≈ 3.5 h per temperature at 64 new tokens; with 2 or more cores the two temperatures run side by
+# side, one torch thread each (each run's ratios are measured within itself). Interrupted, the same
+# command resumes: each prompt is journaled beside its report (spec-bench -o). Progress: OUT/log-t*.txt.
+# SETS="mt-bench:16 humaneval:16" gives a sample in about an hour.
+[doc("the full measurement on SmolLM2: all of MT-Bench and HumanEval, k = 1..6, greedy and T = 0.7 (hours; resumes)")]
 bench-real CKPT="out/demo/train/best" OUT="out/bench-real" SETS="mt-bench humaneval" TOKENS="64": real-extra
     #!/bin/sh
     set -eu
     mkdir -p "{{OUT}}"
     verifier=$(python -m tools.build_smollm2)
-    for temperature in 0 0.7; do
-        echo "== spec-bench at temperature $temperature on {{SETS}} (reports in {{OUT}})" >&2
+    measure() {
+        echo "== spec-bench at temperature $1 on {{SETS}}: log {{OUT}}/log-t$1.txt, report {{OUT}}/report-t$1.json" >&2
         spec-bench --verifier "$verifier" --speculator "{{CKPT}}" --prompts {{SETS}} --k 1-6 \
-            --max-new-tokens {{TOKENS}} --temperature "$temperature" \
-            -o "{{OUT}}/report-t$temperature.json" --plot "{{OUT}}/report-t$temperature.png"
-    done
+            --max-new-tokens {{TOKENS}} --temperature "$1" \
+            -o "{{OUT}}/report-t$1.json" --plot "{{OUT}}/report-t$1.png" >"{{OUT}}/table-t$1.txt" 2>"{{OUT}}/log-t$1.txt"
+    }
+    if [ "$(nproc)" -ge 2 ]; then
+        measure 0 & greedy=$!
+        measure 0.7 & sampled=$!
+        status=0
+        wait "$greedy" || status=1
+        wait "$sampled" || status=1
+        [ "$status" = 0 ] || { echo "bench-real: a run failed; see {{OUT}}/log-t*.txt (rerun to resume)" >&2; exit 1; }
+    else
+        measure 0
+        measure 0.7
+    fi
+    cat "{{OUT}}/table-t0.txt" "{{OUT}}/table-t0.7.txt"
 
 # spec-validate on a checkpoint, plus vLLM's and upstream's own loaders when the gates are installed
 [private]

@@ -18,6 +18,7 @@ from libspec.bench.measure import (
     answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
 )
 from libspec.bench.prompts import encode_prompt
+from libspec.errors import SpecError
 from libspec.format.schemas import schema_problems
 from tools.spec_bench import main, parse_k
 
@@ -315,3 +316,71 @@ def test_packed_kernels_keep_the_output_and_are_recorded(tiny_setup, capsys):
     assert set(kernels["forward_ms"]) == {str(n) for n in range(1, 9)}  # every forward size the run and its isolated costs use was timed
     assert all(kernels["routes"][rows] >= int(rows) for rows in kernels["routes"])
     assert all(r["derived"]["lossless"] for r in report["prompt_sets"][0]["runs"])
+
+
+def _totals(report: dict) -> list:
+    """What a resumed run must reproduce exactly: per set and k, the histogram, tokens and mismatches (times differ)."""
+    return [
+        (s["name"], r["k"], r["histogram"], r["tokens"], r["mismatched_prompts"], s["baseline"]["tokens"])
+        for s in report["prompt_sets"] for r in s["runs"]
+    ]
+
+
+@pytest.mark.parametrize("temperature", ["0", "0.7"])
+def test_an_interrupted_run_resumes_from_its_journal_and_counts_what_an_uninterrupted_one_does(tiny_setup, monkeypatch, temperature):
+    path = tiny_setup
+    from libspec.bench import measure
+
+    def command(output):
+        return [
+            "--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+            "--k", "1-2", "--max-new-tokens", "10", "--temperature", temperature, "--cost-repeats", "3", "-o", str(output),
+        ]  # fmt: skip
+
+    assert main(command(path / "whole.json")) == 0
+    assert not (path / "whole.json.partial.jsonl").exists()  # the report holds everything: no journal left behind
+    measured, real_measure = [], measure._measure_prompt
+
+    def killed_after_two(*args, **kwargs):
+        if len(measured) == 2:
+            raise KeyboardInterrupt
+        measured.append(args[4])  # the prompt's index
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "_measure_prompt", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(command(path / "resumed.json"))
+    journal = path / "resumed.json.partial.jsonl"
+    assert not (path / "resumed.json").exists() and len(journal.read_text().splitlines()) == 3  # header + 2 prompts
+    with open(journal, "a") as handle:
+        handle.write('{"set": "prompts", "index": 2, "baseline"')  # a line cut short by the kill: dropped, measured again
+    measured.clear()
+    monkeypatch.setattr(measure, "_measure_prompt", lambda *a, **kw: measured.append(a[4]) or real_measure(*a, **kw))
+    assert main(command(path / "resumed.json")) == 0
+    assert measured == [2]  # only the prompt the first attempt did not finish
+    whole, resumed = (json.loads((path / name).read_text()) for name in ("whole.json", "resumed.json"))
+    assert _totals(resumed) == _totals(whole)  # sampling is seeded per prompt: the same draws either way
+    assert len(resumed["prompt_sets"][0]["isolated_costs"]["context_tokens"]) == 3
+    assert not journal.exists()
+
+
+def test_a_journal_of_another_measurement_is_refused_naming_the_difference(tiny_setup, monkeypatch):
+    path = tiny_setup
+    args = ["--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+            "--max-new-tokens", "6", "-o", str(path / "report.json")]  # fmt: skip
+    from libspec.bench import measure
+    from libspec.bench.journal import journal_path
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(measure, "_measure_prompt", killed)
+        with pytest.raises(KeyboardInterrupt):
+            main([*args, "--k", "1-3"])
+    with pytest.raises(SpecError, match=r"report.json.partial.jsonl: a partial run of another measurement \(settings.k_values: \[1, 2, 3\] -> \[1, 2\]\)"):
+        main([*args, "--k", "1-2"])
+    for text, message in (("not json\n", r"partial.jsonl:1: not valid JSON; the journal is damaged"), ('{"a": 1}\n', "not a spec-bench journal")):
+        journal_path(path / "report.json").write_text(text)
+        with pytest.raises(SpecError, match=message):
+            main([*args, "--k", "1-2"])

@@ -7,6 +7,7 @@ import importlib
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from libspec.errors import SpecError
 from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from libspec.bench.benchmarks import BENCHMARKS
 from libspec.bench.floors import check_floors, parse_floor
+from libspec.bench.journal import BenchJournal, items_digest, journal_path
 from libspec.bench.prompts import load_prompt_set
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -102,7 +104,9 @@ def build_parser():
                         help="the verifier's kernels for forwards of a few tokens: auto = MKL's packed GEMM and K/V shared across query "
                              "groups for the sizes where the verifier's own forward times faster with them (CPU, float32; packs cost "
                              "memory, at most half of what is available), plain = torch's and transformers' defaults (default auto)")  # fmt: skip
-    parser.add_argument("-o", "--output", help="write the JSON report to this file")
+    parser.add_argument("-o", "--output", help="write the JSON report to this file; each measured prompt is also appended to "
+                        "OUTPUT.partial.jsonl, so the same command rerun after an interruption resumes where it stopped "
+                        "(removed once the report is written; delete it to start afresh)")
     parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
     parser.add_argument("--write-best-k", action="store_true", help="store the best measured k in the checkpoint's speculators_config")
     parser.add_argument("--require", action="append", default=[], metavar="FLOOR", type=_floor,
@@ -148,13 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = report_header(settings, device, dtype, fingerprint.to_dict(), speculator_info, command)
     report["kernels"] = _choose_kernels(args.kernels, verifier, settings)
 
+    journal = _open_journal(args, report, prompt_sets)
     with stderr.status("benchmarking") as status:
+        progress = status.update if stderr.is_terminal else _log_line
         report["prompt_sets"] = [
-            bench_prompt_set(verifier, proposer, tokenizer, s, settings, eos_token_ids(model, tokenizer), status.update)
+            bench_prompt_set(verifier, proposer, tokenizer, s, settings, eos_token_ids(model, tokenizer), progress, journal)
             for s in prompt_sets
         ]
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
+    if journal:
+        journal.finish()
     if args.plot and proposer:
         from libspec.bench.plot import plot_report
 
@@ -166,6 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print_report(report)
     return _report_floors(args.require, args.output or "this run", report)
+
+
+def _open_journal(args, report: dict, prompt_sets) -> BenchJournal | None:
+    """With -o, the journal next to the report: an interrupted run of the same measurement resumes from it."""
+    if not args.output:
+        return None
+    measurement = {
+        **{key: report[key] for key in ("device", "hardware", "dtype", "settings", "verifier")},
+        "speculator_weights": (report["speculator"] or {}).get("weight_files"),
+        "kernels": args.kernels,
+        "prompt_sets": [{"name": s.name, "items_sha256": items_digest(s.items)} for s in prompt_sets],
+    }
+    journal = BenchJournal(journal_path(args.output), measurement)
+    if journal.resumed:
+        stderr.print(f"resuming: {journal.resumed} prompt(s) already measured, from {journal.path}")
+    return journal
+
+
+def _log_line(message: str) -> None:
+    """Progress when stderr is a log file rather than a terminal: a timestamped line per prompt."""
+    stderr.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False)
 
 
 def _choose_kernels(choice: str, verifier: DecodingVerifier, settings: BenchSettings) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 import libspec
 from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, Timer, autoregressive_generate, speculative_generate
+from libspec.bench.journal import BenchJournal, MeasuredPrompt
 from libspec.bench.prompts import PromptSet, encode_prompt
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
@@ -216,37 +217,35 @@ def bench_prompt_set(
     settings: BenchSettings,
     eos_ids: set[int],
     progress: Callable[[str], None] = lambda message: None,
+    journal: BenchJournal | None = None,
 ) -> dict:
     """Baseline and every k on one prompt set, with the isolated costs timed between prompts; the set's report entry.
 
     Prompts with a `category` are also counted in their category's totals (the entry's `categories`).
+    With a `journal`, prompts an earlier attempt measured are replayed from it and each new one is appended.
     """
     greedy = settings.temperature == 0
-    generator = torch.Generator(device=verifier.device).manual_seed(settings.seed)
     k_values = settings.k_values if proposer else ()
     totals = _SetTotals(k_values)
     by_category: dict[str, _SetTotals] = {}
     costs = IsolatedCosts(proposer is not None)
-    _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
+    warmed_up = False
     for index, item in enumerate(prompt_set.items):
-        progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
-        if "follow_up" in item:  # measure the second turn, after the verifier's own first answer
-            item = with_first_answer(verifier, tokenizer, item, settings.max_new_tokens, eos_ids)
-        prompt = encode_prompt(tokenizer, item).to(verifier.device)
+        measured = journal.get(prompt_set.name, index) if journal else None
+        if measured is None:
+            if not warmed_up:
+                _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
+                warmed_up = True
+            progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
+            measured = _measure_prompt(verifier, proposer, tokenizer, item, index, len(prompt_set.items), settings, eos_ids)
+            if journal:
+                journal.record(prompt_set.name, index, measured)
         counted_in = [totals]
         if "category" in item:
             counted_in.append(by_category.setdefault(item["category"], _SetTotals(k_values)))
-        reference = autoregressive_generate(verifier, prompt, settings.max_new_tokens, eos_ids, settings.temperature, generator)
         for set_totals in counted_in:
-            set_totals.baseline.add(reference, None)
-        for k in k_values:
-            result = speculative_generate(verifier, proposer, prompt, k, settings.max_new_tokens, eos_ids, settings.temperature, generator)
-            for set_totals in counted_in:
-                set_totals.runs[k].add(result, k)
-                if greedy and result.tokens != reference.tokens:
-                    set_totals.runs[k].mismatched_prompts.append(index)
-        passes = cost_passes_after(index, len(prompt_set.items), settings.cost_repeats)
-        costs.add(_isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), passes, settings))
+            set_totals.add(index, measured, greedy)
+        costs.add(measured.costs)
     raw_costs = costs.to_dict() if costs.passes else None
     entry = {"name": prompt_set.name, "path": prompt_set.path, **totals.report(greedy, raw_costs)}
     if raw_costs is not None:
@@ -254,6 +253,26 @@ def bench_prompt_set(
     if by_category:
         entry["categories"] = [{"name": name, **category.report(greedy, raw_costs)} for name, category in by_category.items()]
     return entry
+
+
+def _measure_prompt(
+    verifier: DecodingVerifier, proposer: Proposer | None, tokenizer, item: dict, index: int, num_prompts: int, settings: BenchSettings, eos_ids: set[int]
+) -> MeasuredPrompt:
+    """The baseline and each k on one prompt, then the isolated-cost passes that fall after it.
+
+    Sampling draws from a generator seeded per prompt, so a run resumed from its journal samples
+    exactly what an uninterrupted one would have."""
+    generator = torch.Generator(device=verifier.device).manual_seed((settings.seed << 20) + index)
+    if "follow_up" in item:  # measure the second turn, after the verifier's own first answer
+        item = with_first_answer(verifier, tokenizer, item, settings.max_new_tokens, eos_ids)
+    prompt = encode_prompt(tokenizer, item).to(verifier.device)
+    reference = autoregressive_generate(verifier, prompt, settings.max_new_tokens, eos_ids, settings.temperature, generator)
+    runs = {
+        k: speculative_generate(verifier, proposer, prompt, k, settings.max_new_tokens, eos_ids, settings.temperature, generator)
+        for k in (settings.k_values if proposer else ())
+    }
+    passes = cost_passes_after(index, num_prompts, settings.cost_repeats)
+    return MeasuredPrompt(reference, runs, _isolated_passes(verifier, proposer, answered_context(prompt, reference.tokens), passes, settings))
 
 
 def _warm_up(verifier: DecodingVerifier, proposer: Proposer | None, prompt: torch.Tensor, settings: BenchSettings, eos_ids: set[int]) -> None:
@@ -351,6 +370,15 @@ class _SetTotals:
     def __init__(self, k_values: tuple[int, ...]):
         self.baseline = RunTotals()
         self.runs = {k: RunTotals() for k in k_values}
+
+    def add(self, index: int, measured: MeasuredPrompt, greedy: bool) -> None:
+        """Count one prompt; under greedy decoding, any k whose tokens differ from the baseline's is a mismatch."""
+        self.baseline.add(measured.baseline, None)
+        for k, totals in self.runs.items():
+            result = measured.runs[k]
+            totals.add(result, k)
+            if greedy and result.tokens != measured.baseline.tokens:
+                totals.mismatched_prompts.append(index)
 
     def report(self, greedy: bool, isolated_costs: dict | None) -> dict:
         baseline = self.baseline.to_dict()
