@@ -772,3 +772,14 @@ def test_issue_16_a_malformed_require_is_a_usage_error_exit_2(tmp_path, capsys):
         assert exited.value.code == 2, floor
         error = capsys.readouterr().err
         assert f"--require {floor!r}" in error and "Traceback" not in error
+
+
+def test_card_shows_each_category_at_its_sets_best_k(measured):
+    report = report_of(measured)
+    prompt_set = report["prompt_sets"][0]
+    best = prompt_set["best_k"]
+    math = {"name": "math", "num_prompts": 1, "runs": [{**run, "derived": {**run["derived"], "tau": 1.5 + run["k"]}} for run in prompt_set["runs"]]}
+    prompt_set["categories"] = [math]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in measured_table(report).splitlines()[2:]]
+    category_rows = [row for row in rows if row[0] == f"{prompt_set['name']}/math"]
+    assert category_rows == [[f"{prompt_set['name']}/math", "1", f"**{best}**", f"{1.5 + best:.2f}", *category_rows[0][4:]]]

@@ -206,7 +206,8 @@ def measured(reports: tuple[MeasuredReport, ...]) -> str:
         "own costs, marked *); efficiency: speedup ÷ predicted, what the engine keeps of what the costs allow. "
         "Lossless: greedy "
         "output identical to the verifier's own. The best k per prompt set is in bold. Figures are rounded here; "
-        "the report files hold the raw counts they are computed from."
+        "the report files hold the raw counts they are computed from. Categories (e.g. mt-bench/writing) are shown at "
+        "their set's best k; few prompts each, so their figures are rougher."
     )
     return "## Measured\n\n" + definitions + "\n\n" + "\n\n".join(report_block(r) for r in reports)
 
@@ -237,20 +238,29 @@ MEASURED_COLUMNS = ("prompt set", "prompts", "k", "τ", "accepted at position 1.
 
 
 def measured_table(report: dict) -> str:
-    """One row per prompt set and k, every cell formatted from the report's derived figures."""
+    """One row per prompt set and k, then one per category of the set at its best k (per-domain τ is what
+    users ask for), every cell formatted from the report's derived figures."""
     lines = ["| " + " | ".join(MEASURED_COLUMNS) + " |", "|" + "---|" * len(MEASURED_COLUMNS)]
     for prompt_set in report.get("prompt_sets", []):
+        best = prompt_set.get("best_k")
         for run in prompt_set.get("runs", []):
-            d = run["derived"]
-            k = f"**{run['k']}**" if run["k"] == prompt_set.get("best_k") else str(run["k"])
-            cells = [
-                prompt_set["name"], str(prompt_set["num_prompts"]), k, number(d["tau"]),
-                " ".join(number(r) for r in d["per_position_acceptance"]), number(d["speedup"], "×"),
-                *prediction_cells(d), number(d["tokens_per_s"], digits=0),
-                number(d["baseline_tokens_per_s"], digits=0), {True: "✓", False: "✗", None: "n/a (sampling)"}[d["lossless"]],
-            ]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_measured_row(prompt_set["name"], prompt_set["num_prompts"], run, run["k"] == best))
+        for category in prompt_set.get("categories", []):
+            for run in category.get("runs", []):
+                if run["k"] == best:
+                    lines.append(_measured_row(f"{prompt_set['name']}/{category['name']}", category["num_prompts"], run, True))
     return "\n".join(lines)
+
+
+def _measured_row(name: str, prompts: int, run: dict, best: bool) -> str:
+    d = run["derived"]
+    cells = [
+        name, str(prompts), f"**{run['k']}**" if best else str(run["k"]), number(d["tau"]),
+        " ".join(number(r) for r in d["per_position_acceptance"]), number(d["speedup"], "×"),
+        *prediction_cells(d), number(d["tokens_per_s"], digits=0),
+        number(d["baseline_tokens_per_s"], digits=0), {True: "✓", False: "✗", None: "n/a (sampling)"}[d["lossless"]],
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 
 def prediction_cells(derived: dict) -> tuple[str, str]:
