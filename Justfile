@@ -123,6 +123,8 @@ bench-real CKPT="out/demo/train/best" OUT="out/bench-real" SETS="mt-bench humane
         measure 0.7
     fi
     cat "{{OUT}}/table-t0.txt" "{{OUT}}/table-t0.7.txt"
+    python -m tools.bench_real_summary "{{OUT}}/report-t0.json" "{{OUT}}/report-t0.7.json" >"{{OUT}}/summary.md"
+    echo "Markdown tables, and the acceptance the speedup targets would need: {{OUT}}/summary.md" >&2
 
 # spec-validate on a checkpoint, plus vLLM's and upstream's own loaders when the gates are installed
 [private]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from libspec.algorithms.eagle3 import config as eagle3
 from libspec.bench.decoding import DecodingVerifier
 from libspec.bench.kernels import packed_gemm_available
 from libspec.bench.measure import (
-    answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
+    acceptance_needed, answered_context, cost_passes_after, derive, expected_tokens_per_step, isolated_cost_figures, measure_isolated_costs,
 )
 from libspec.bench.prompts import encode_prompt
 from libspec.errors import SpecError
@@ -97,6 +99,29 @@ def test_isolated_costs_predict_a_known_speedup():
     assert d["isolated"]["predicted_speedup"] == pytest.approx(1.5 / 1.6)
     assert d["isolated"]["efficiency"] == pytest.approx(d["speedup"] / (1.5 / 1.6))
     assert "isolated" not in derive(1, run([100, 100]), BASELINE, greedy=True)  # an older report's rows: no such figures
+
+
+def test_acceptance_needed_inverts_the_prediction_and_says_when_no_draft_can_reach_a_target():
+    for alpha, k, c, v in ((0.5, 1, 0.1, 1.5), (0.8, 3, 0.08, 1.28), (0.3, 6, 0.05, 1.4)):
+        speedup = expected_tokens_per_step(alpha, k) / (k * c + v)
+        assert acceptance_needed(speedup, k, c, v) == pytest.approx(alpha, abs=1e-9)
+    assert acceptance_needed(1.8, 1, 0.08, 1.12) is None  # E(1) = 2 tokens < 1.8 x 1.2 steps: out of reach at k = 1
+
+
+def test_bench_real_summary_shows_the_needed_acceptance_beside_the_measured(capsys):
+    from tools.bench_real_summary import main as summary
+
+    rows = [{"k": k, **run([100, 100] + [0] * (k - 1)), "derived": derive(k, run([100, 100] + [0] * (k - 1)), BASELINE, True, ISOLATED)} for k in (1, 2)]
+    report = {"format": "spec-tools/bench-report", "settings": {"temperature": 0.0, "max_new_tokens": 64}, "hardware": "cpu", "dtype": "float32",
+              "prompt_sets": [{"name": "humaneval", "num_prompts": 10, "runs": rows, "best_k": 1,
+                               "isolated_costs": {**ISOLATED, "derived": isolated_cost_figures(ISOLATED)}}]}  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "report.json"
+    path.write_text(json.dumps(report))
+    assert summary([str(path), "--target", "humaneval=1.1"]) == 0
+    out = capsys.readouterr().out
+    # k = 1: S = E(α) / (0.1 + 1.5) = 1.1 needs E = 1.76, α = 0.76; k = 2: 1.1 x (0.2 + 2.0) = 2.42 = 1 + α + α² at α ≈ 0.79
+    needed = [line.split("|")[6].strip() for line in out.splitlines() if line.startswith("| humaneval | 1.10×")]
+    assert needed == [f"{acceptance_needed(1.1, 1, 0.1, 1.5):.2f}", f"{acceptance_needed(1.1, 2, 0.1, 2.0):.2f}"] == ["0.76", "0.79"]
 
 
 def test_isolated_prediction_is_undefined_without_the_needed_forward():

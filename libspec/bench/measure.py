@@ -113,6 +113,19 @@ def expected_tokens_per_step(alpha: float, k: int) -> float:
     return float(k + 1) if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
+def acceptance_needed(speedup: float, k: int, c: float, v: float) -> float | None:
+    """The acceptance rate α at which S = E(α) / (k·c + v) reaches `speedup`: what a draft would need
+    for a target on an engine with these isolated costs. None when even α = 1 (E = k + 1) falls short."""
+    needed = speedup * (k * c + v)
+    if needed > k + 1:
+        return None
+    low, high = 0.0, 1.0  # E(α) increases with α: bisect
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected_tokens_per_step(middle, k) < needed else (low, middle)
+    return high
+
+
 def _ratio(numerator: float, denominator: float) -> float | None:
     """numerator / denominator, or None (JSON null) when undefined."""
     return numerator / denominator if denominator else None
