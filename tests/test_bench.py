@@ -409,3 +409,13 @@ def test_a_journal_of_another_measurement_is_refused_naming_the_difference(tiny_
         journal_path(path / "report.json").write_text(text)
         with pytest.raises(SpecError, match=message):
             main([*args, "--k", "1-2"])
+
+
+def test_output_dash_is_stdout_and_leaves_no_file(tiny_setup, capsys, monkeypatch):
+    path = tiny_setup
+    monkeypatch.chdir(path)
+    status = main(["--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+                   "--k", "1", "--max-new-tokens", "4", "--cost-repeats", "0", "-o", "-"])  # fmt: skip
+    assert status == 0
+    assert schema_problems("bench-report", json.loads(capsys.readouterr().out)) == []
+    assert not list(path.glob("-*"))

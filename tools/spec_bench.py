@@ -104,7 +104,7 @@ def build_parser():
                         help="the verifier's kernels for forwards of a few tokens: auto = MKL's packed GEMM and K/V shared across query "
                              "groups for the sizes where the verifier's own forward times faster with them (CPU, float32; packs cost "
                              "memory, at most half of what is available), plain = torch's and transformers' defaults (default auto)")  # fmt: skip
-    parser.add_argument("-o", "--output", help="write the JSON report to this file; each measured prompt is also appended to "
+    parser.add_argument("-o", "--output", help="write the JSON report to this file (- for stdout, as --json); each measured prompt is also appended to "
                         "OUTPUT.partial.jsonl, so the same command rerun after an interruption resumes where it stopped "
                         "(removed once the report is written; delete it to start afresh)")
     parser.add_argument("--plot", help="write a PNG of speedup/τ vs k and per-position acceptance")
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_prompt_set(verifier, proposer, tokenizer, s, settings, eos_token_ids(model, tokenizer), progress, journal)
             for s in prompt_sets
         ]
-    if args.output:
+    if args.output and args.output != "-":
         write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
     if journal:
         journal.finish()
@@ -169,16 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_report(report, args.plot)
     if args.write_best_k:
         _write_best_k(args.speculator, report)
-    if args.json:
+    if args.json or args.output == "-":
         print_json(report)
     else:
         print_report(report)
-    return _report_floors(args.require, args.output or "this run", report)
+    return _report_floors(args.require, args.output if args.output not in (None, "-") else "this run", report)
 
 
 def _open_journal(args, report: dict, prompt_sets) -> BenchJournal | None:
     """With -o, the journal next to the report: an interrupted run of the same measurement resumes from it."""
-    if not args.output:
+    if args.output in (None, "-"):
         return None
     measurement = {
         **{key: report[key] for key in ("device", "hardware", "dtype", "settings", "verifier")},
