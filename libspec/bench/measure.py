@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import statistics
+import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
@@ -242,14 +243,14 @@ def bench_prompt_set(
     totals = _SetTotals(k_values)
     by_category: dict[str, _SetTotals] = {}
     costs = IsolatedCosts(proposer is not None)
-    warmed_up = False
+    warmed_up, pace = False, _Pace(len(prompt_set.items))
     for index, item in enumerate(prompt_set.items):
         measured = journal.get(prompt_set.name, index) if journal else None
         if measured is None:
             if not warmed_up:
                 _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
                 warmed_up = True
-            progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}")
+            progress(f"{prompt_set.name}: prompt {index + 1}/{len(prompt_set.items)}{pace.remaining(index)}")
             measured = _measure_prompt(verifier, proposer, tokenizer, item, index, len(prompt_set.items), settings, eos_ids)
             if journal:
                 journal.record(prompt_set.name, index, measured)
@@ -266,6 +267,22 @@ def bench_prompt_set(
     if by_category:
         entry["categories"] = [{"name": name, **category.report(greedy, raw_costs)} for name, category in by_category.items()]
     return entry
+
+
+class _Pace:
+    """The time left in a set, from the prompts measured so far in this attempt (replayed ones cost nothing)."""
+
+    def __init__(self, num_prompts: int):
+        self.num_prompts, self.started, self.first_index = num_prompts, None, None
+
+    def remaining(self, index: int) -> str:
+        now = time.monotonic()
+        if self.started is None:
+            self.started, self.first_index = now, index
+            return ""
+        per_prompt = (now - self.started) / (index - self.first_index)
+        minutes = round(per_prompt * (self.num_prompts - index) / 60)
+        return f" (~{minutes // 60} h {minutes % 60:02d} min left in this set at {per_prompt:.0f} s a prompt)"
 
 
 def _measure_prompt(
