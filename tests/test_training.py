@@ -186,8 +186,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(setup, tmp_p
     train(config(setup, single, grad_accum=2))
     extra = ["--fsdp"] if mode == "fsdp" else []
     torchrun = str(Path(sys.executable).parent / "torchrun")
+    # --standalone: a free port of its own, so two suites running at once cannot meet on torchrun's default 29500.
     # A bounded wait: a rank stuck in a collective fails the test instead of stalling the suite for gloo's 30 minutes.
-    result = cli(torchrun, "--nproc-per-node", "2", "-m", "tools.spec_train", *train_args(setup, tmp_path / mode, "--epochs", "2", *extra), timeout=600)
+    result = cli(torchrun, "--standalone", "--nproc-per-node", "2", "-m", "tools.spec_train", *train_args(setup, tmp_path / mode, "--epochs", "2", *extra), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ours, theirs = metric_lines(tmp_path / mode), metric_lines(single)
     assert len(ours) == len(theirs) > 5

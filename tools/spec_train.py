@@ -38,7 +38,7 @@ EPILOG = """\
 examples:
   spec-train --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-eagle3 --epochs 3
   spec-gen-hidden ... -o - | spec-train --data - --verifier V -o runs/x
-  torchrun --nproc-per-node 2 -m tools.spec_train --data data/ --verifier V -o runs/x
+  torchrun --standalone --nproc-per-node 2 -m tools.spec_train --data data/ --verifier V -o runs/x
   spec-train --algorithm dflash --data data/ --verifier Qwen/Qwen3-8B -o runs/qwen3-dflash --aux-layer-ids 2,10,18,26,34
   spec-train --algorithm eagle --data data/ --verifier V -o runs/x-hass --hass-topk 10 --hass-align-steps 3   (data with layer n)
   vllm serve V --speculative-config '{"method": "eagle3", "model": "runs/x/best", "num_speculative_tokens": 3}'"""
