@@ -419,3 +419,40 @@ def test_output_dash_is_stdout_and_leaves_no_file(tiny_setup, capsys, monkeypatc
     assert status == 0
     assert schema_problems("bench-report", json.loads(capsys.readouterr().out)) == []
     assert not list(path.glob("-*"))
+
+
+def test_bench_real_summary_names_a_bad_report_in_one_line(tmp_path):
+    from tools.bench_real_summary import main as summary
+
+    for text, message in (("[1]", "expected a spec-bench report"), ('{"format": "other"}', "not a spec-bench report"),
+                          ('{"format": "spec-tools/bench-report", "settings": {}}', "without the fields of SPEC.md")):  # fmt: skip
+        (tmp_path / "r.json").write_text(text)
+        with pytest.raises(SpecError, match=message):
+            summary([str(tmp_path / "r.json")])
+
+
+def test_a_journaled_prompt_missing_a_k_is_refused_in_one_line(tiny_setup, monkeypatch):
+    path = tiny_setup
+    args = ["--verifier", str(path / "verifier"), "--speculator", str(path / "draft"), "--prompts", str(path / "prompts.jsonl"),
+            "--k", "1-2", "--max-new-tokens", "4", "--cost-repeats", "0", "-o", str(path / "report.json")]  # fmt: skip
+    from libspec.bench import measure
+    from libspec.bench.journal import journal_path
+
+    real_measure = measure._measure_prompt
+
+    def killed_after_one(*a, **kw):
+        if a[4] == 1:
+            raise KeyboardInterrupt
+        return real_measure(*a, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(measure, "_measure_prompt", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+    journal = journal_path(path / "report.json")
+    header, entry = journal.read_text().splitlines()
+    entry = json.loads(entry)
+    del entry["runs"]["2"]
+    journal.write_text(header + "\n" + json.dumps(entry) + "\n")
+    with pytest.raises(SpecError, match=r"prompts prompt 0 holds k = \[1\], the run measures k = \[1, 2\]; the journal is damaged"):
+        main(args)

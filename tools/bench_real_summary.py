@@ -12,11 +12,10 @@ from these costs and τ, not from the engine (whose efficiency the table shows).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Sequence
 
 from libspec.bench.measure import acceptance_needed, expected_tokens_per_step
+from libspec.bench.report_check import load_report
 from libspec.errors import SpecError
 from libspec.publish.model_card import measured_table, number
 from tools._cli import EXIT_OK, make_parser, run, stdout
@@ -33,11 +32,8 @@ def parse_target(text: str) -> tuple[str, float]:
 
 
 def read_report(path: str) -> dict:
-    try:
-        report = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise SpecError(f"{path}: not a readable spec-bench report: {error}") from None
-    if not isinstance(report, dict) or report.get("format") != "spec-tools/bench-report":
+    report = load_report(path)
+    if report.get("format") != "spec-tools/bench-report":
         raise SpecError(f"{path}: not a spec-bench report (format spec-tools/bench-report)")
     return report
 
@@ -92,6 +88,17 @@ def targets_section(report: dict, targets: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def report_sections(path: str, report: dict, targets: list[tuple[str, float]]) -> list[str]:
+    """The report's tables, and for a greedy one what the targets need; one line if its fields are not a report's."""
+    try:
+        sections = [report_section(path, report)]
+        if report["settings"]["temperature"] == 0:
+            sections.append("What the speedup targets need with these costs (S = E(α) / (k·c + v), c and v timed alone):\n\n" + targets_section(report, targets))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SpecError(f"{path}: a spec-bench report without the fields of SPEC.md §12 (at {error!s:.60})") from None
+    return sections
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("bench-real-summary", "spec-bench reports as Markdown, and the acceptance the speedup targets would need.")
     parser.add_argument("reports", nargs="+", help="spec-bench JSON reports")
@@ -101,10 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [parse_target(t) for t in (args.target or DEFAULT_TARGETS)]
     sections = []
     for path in args.reports:
-        report = read_report(path)
-        sections.append(report_section(path, report))
-        if report["settings"]["temperature"] == 0:
-            sections.append("What the speedup targets need with these costs (S = E(α) / (k·c + v), c and v timed alone):\n\n" + targets_section(report, targets))
+        sections += report_sections(path, read_report(path), targets)
     stdout.print("\n\n".join(sections), markup=False, highlight=False)
     return EXIT_OK
 

@@ -25,7 +25,7 @@ from libspec.errors import SpecError
 from libspec.verifier import eos_token_ids, fingerprint_verifier, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from libspec.bench.benchmarks import BENCHMARKS
 from libspec.bench.floors import check_floors, parse_floor
-from libspec.bench.journal import BenchJournal, items_digest, journal_path
+from libspec.bench.journal import BenchJournal, describe_measurement, journal_path
 from libspec.bench.prompts import load_prompt_set
 from tools._cli import EXIT_FAILURE, EXIT_OK, make_parser, print_json, run, stderr, stdout
 
@@ -180,13 +180,7 @@ def _open_journal(args, report: dict, prompt_sets) -> BenchJournal | None:
     """With -o, the journal next to the report: an interrupted run of the same measurement resumes from it."""
     if args.output in (None, "-"):
         return None
-    measurement = {
-        **{key: report[key] for key in ("device", "hardware", "dtype", "settings", "verifier")},
-        "speculator_weights": (report["speculator"] or {}).get("weight_files"),
-        "kernels": args.kernels,
-        "prompt_sets": [{"name": s.name, "items_sha256": items_digest(s.items)} for s in prompt_sets],
-    }
-    journal = BenchJournal(journal_path(args.output), measurement)
+    journal = BenchJournal(journal_path(args.output), describe_measurement(report, args.kernels, prompt_sets))
     if journal.resumed:
         stderr.print(f"resuming: {journal.resumed} prompt(s) already measured, from {journal.path}")
     return journal

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from libspec.bench.decoding import Generation
+from libspec.bench.prompts import PromptSet
 from libspec.errors import SpecError
 
 JOURNAL_FORMAT = "spec-tools/bench-journal"
@@ -34,6 +35,16 @@ def journal_path(report_path: str | os.PathLike) -> Path:
 def items_digest(items: list[dict]) -> str:
     """A prompt set's identity: the sha256 of its items as canonical JSON."""
     return hashlib.sha256(json.dumps(items, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def describe_measurement(report: dict, kernels: str, prompt_sets: list[PromptSet]) -> dict:
+    """What a run measures, from its report header (measure.report_header): two attempts resume each other only if these are equal."""
+    return {
+        **{key: report[key] for key in ("device", "hardware", "dtype", "settings", "verifier")},
+        "speculator_weights": (report["speculator"] or {}).get("weight_files"),
+        "kernels": kernels,
+        "prompt_sets": [{"name": s.name, "items_sha256": items_digest(s.items)} for s in prompt_sets],
+    }
 
 
 @dataclasses.dataclass
@@ -63,7 +74,6 @@ class BenchJournal:
         self.path = Path(path)
         self.measurement = measurement
         self.done: dict[tuple[str, int], MeasuredPrompt] = {}
-        self.dropped_partial_line = False
         if self.path.exists():
             self._load()
         else:
@@ -114,17 +124,17 @@ class BenchJournal:
 
     def _read_lines(self) -> list[str]:
         """The complete lines; a last line without its newline (cut short by a kill) is dropped."""
-        lines, complete_bytes = [], 0
+        lines, complete_bytes, cut_short = [], 0, False
         with open(self.path, "rb") as handle:
             while raw := handle.readline(MAX_LINE_BYTES + 1):  # bounded: a damaged file cannot fill memory
                 if len(raw) > MAX_LINE_BYTES:
                     raise SpecError(f"{self.path}: a line of {len(raw):,} bytes; spec-bench's journal lines are far smaller")
                 if not raw.endswith(b"\n"):
-                    self.dropped_partial_line = True
+                    cut_short = True
                     break
                 complete_bytes += len(raw)
                 lines.append(raw.decode("utf-8", errors="replace"))
-        if self.dropped_partial_line:  # cut it off, so the next line appended starts on a line of its own
+        if cut_short:  # cut it off, so the next line appended starts on a line of its own
             os.truncate(self.path, complete_bytes)
         return lines
 

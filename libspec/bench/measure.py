@@ -28,6 +28,7 @@ import libspec
 from libspec.bench.decoding import Generation, Proposer, DecodingVerifier, Timer, autoregressive_generate, speculative_generate
 from libspec.bench.journal import BenchJournal, MeasuredPrompt
 from libspec.bench.prompts import PromptSet, encode_prompt
+from libspec.errors import SpecError
 
 MIN_TOKENS_FOR_STABLE_FIGURES = 200
 MIN_ROUNDS_FOR_STABLE_FIGURES = 50
@@ -246,6 +247,8 @@ def bench_prompt_set(
     warmed_up, pace = False, _Pace(len(prompt_set.items))
     for index, item in enumerate(prompt_set.items):
         measured = journal.get(prompt_set.name, index) if journal else None
+        if measured is not None and set(measured.runs) != set(k_values):
+            raise SpecError(f"{journal.path}: {prompt_set.name} prompt {index} holds k = {sorted(measured.runs)}, the run measures k = {list(k_values)}; the journal is damaged: delete it to start afresh")
         if measured is None:
             if not warmed_up:
                 _warm_up(verifier, proposer, encode_prompt(tokenizer, prompt_set.items[0]).to(verifier.device), settings, eos_ids)
