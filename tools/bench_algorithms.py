@@ -31,6 +31,7 @@ from libspec.errors import SpecError
 from libspec.format.atomic import write_text_atomic
 from libspec.format.json_files import read_json_object
 from tools._cli import EXIT_OK, add_options, make_parser, options_from_args, print_json, run, stderr, stdout
+from tools.child_memory import MeasuredChild
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,20 +136,18 @@ def _stage(record_path: Path, command: list[str], python: str = sys.executable) 
 
 def _python(command: list[str], python: str = sys.executable) -> tuple[str, int]:
     """`python -m ...` in this checkout; returns its last stdout line and its
-    own peak RSS (wait4: this child alone). A failure is a one-line error naming the stage."""
+    own peak RSS (tools/child_memory.py: this child alone). A failure is a one-line error naming the stage."""
     stderr.print(f"bench-algorithms: python -m {escape(' '.join(command))}")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([python, "-m", *command], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    child = MeasuredChild([python, "-m", *command], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
     last_line = ""
     for line in child.stdout:  # the stage's own report, passed on to stderr as it comes (stdout is for the table)
         sys.stderr.write(line)
         last_line = line.strip() or last_line
-    _, status, usage = os.wait4(child.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    child.returncode = code  # already reaped; keeps Popen from waiting again
+    code, peak_rss_bytes = child.wait()
     if code != 0:
         raise SpecError(f"bench-algorithms: {command[0]} failed (exit {code}); its messages are above")
-    return last_line, usage.ru_maxrss * 1024
+    return last_line, peak_rss_bytes
 
 
 def _jsonable(options: ComparisonOptions) -> dict:

@@ -6,8 +6,8 @@
 For each layout (tools/convert_sources.py: the published shapes, dtype and file kind, random
 weights) it writes the source and a stand-in verifier folder (config.json + embed_tokens,
 lm_head and final norm at full size), then runs each converter in a child process of its own and
-reads that child's peak resident memory from the kernel (wait4's ru_maxrss: every page it
-touched, mapped files included). Upstream is `python -m speculators convert` from the gate venv
+reads that child's own peak resident memory from the kernel (wait4's ru_maxrss: every page it
+touched, mapped files included; tools/child_memory.py keeps this process's out of it). Upstream is `python -m speculators convert` from the gate venv
 (`./just gates`); it converts EAGLE-3 (SafeAILab/SpecForge layouts) and DFlash, not EAGLE-1.
 Also measured: the peak of a child that only imports each converter (the Python + torch floor).
 """
@@ -27,6 +27,7 @@ from rich.table import Table
 
 from tools import convert_sources
 from tools._cli import EXIT_OK, make_parser, print_json, run, stdout
+from tools.child_memory import MeasuredChild
 
 REPO = Path(__file__).resolve().parents[1]
 # How a layout's source is made: layout name -> (folder -> (source folder, verifier folder)).
@@ -51,15 +52,14 @@ class ChildRun:
 
 
 def run_measured(command: Sequence[str], env: dict | None = None, cwd: Path = REPO) -> ChildRun:
-    """Run `command` and read its own peak RSS from wait4 (RUSAGE_CHILDREN would be a max over all children)."""
+    """Run `command` and read its own peak RSS (tools/child_memory.py: not inflated by this process's)."""
     start = time.perf_counter()
     with open(os.devnull, "rb") as stdin:
-        child = subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        child = MeasuredChild(command, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = child.stdout.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
     child.stdout.close()
-    return ChildRun(child.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output)
+    returncode, peak_rss_bytes = child.wait()
+    return ChildRun(returncode, peak_rss_bytes, time.perf_counter() - start, output)
 
 
 def child_env() -> dict:
