@@ -38,6 +38,7 @@ import torch
 
 from libspec.train.packing import PackedBatch
 from libspec.format.json_files import read_json_object
+from tools.child_memory import MeasuredChild
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SPEC_TOOLS_CACHE", Path.home() / ".cache" / "spec-tools"))
@@ -139,10 +140,14 @@ def run_child(command: list[str], env: dict, output: Path | None = None) -> dict
     if saved is not None and saved.is_file():
         _say(f"reusing {saved}")
         return read_json_object(saved)
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"bench-train: {' '.join(command[:3])} failed:\n{result.stderr[-4000:]}")
-    document = json.loads(result.stdout.strip().splitlines()[-1])
+    # Under the launcher of tools/child_memory.py, so that the peak RSS the worker reports of itself
+    # does not start from this process's (Linux carries it across exec).
+    child = MeasuredChild(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout_text, stderr_text = child.process.communicate()
+    returncode, _ = child.wait()
+    if returncode != 0:
+        raise SystemExit(f"bench-train: {' '.join(command[:3])} failed:\n{stderr_text[-4000:]}")
+    document = json.loads(stdout_text.strip().splitlines()[-1])
     if saved is not None:
         saved.write_text(json.dumps(document))
     return document
