@@ -94,12 +94,13 @@ demo OUT="out/demo" PROMPTS="320" EPOCHS="4" N="8": real-extra
 # The full measurement on the real verifier: all 80 MT-Bench first turns and all 164 HumanEval
 # problems, k = 1..6, greedy (output checked identical to the verifier's own) and temperature 0.7,
 # with the per-category split, a plot per temperature, and the isolated costs. CKPT defaults to the
-# demo's draft. Hours on a CPU: 244 prompts x 7 decodings per temperature, both temperatures side by
-# side on a 2-core machine (one torch thread each; each run's ratios are measured within itself):
-# ~2 h at the default 32 new tokens a decoding, ~3.7 h at 64 (TOKENS, the fourth argument; 55 s a prompt on a 2-core Xeon).
-# Interrupted, the same command resumes: each prompt is journaled beside its report (spec-bench -o).
-# Progress: OUT/log-t*.txt. SETS="mt-bench:16 humaneval:16" gives a sample in about 15 minutes.
-[doc("the full measurement on SmolLM2: all of MT-Bench and HumanEval, k = 1..6, greedy and T = 0.7 (~2 h; resumes)")]
+# demo's draft. 244 prompts x 7 decodings per temperature, both temperatures side by side on a
+# 2-core machine (one torch thread each; each run's ratios are measured within itself): 1 h 19 min
+# at the default 32 new tokens a decoding on a 2-core AMD EPYC (19 s a prompt); ~3.7 h at 64 (TOKENS,
+# the fourth argument) on a 2-core Xeon (55 s a prompt). Interrupted, the same command resumes: each
+# prompt is journaled beside its report (spec-bench -o). Progress: OUT/log-t*.txt.
+# SETS="mt-bench:16 humaneval:16" measures 32 prompts a temperature, about 11 minutes at that pace.
+[doc("the full measurement on SmolLM2: all of MT-Bench and HumanEval, k = 1..6, greedy and T = 0.7 (1-2 h; resumes)")]
 bench-real CKPT="out/demo/train/best" OUT="out/bench-real" SETS="mt-bench humaneval" TOKENS="32": real-extra
     #!/bin/sh
     set -eu

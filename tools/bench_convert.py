@@ -7,8 +7,9 @@ For each layout (tools/convert_sources.py: the published shapes, dtype and file 
 weights) it writes the source and a stand-in verifier folder (config.json + embed_tokens,
 lm_head and final norm at full size), then runs each converter in a child process of its own and
 reads that child's own peak resident memory from the kernel (wait4's ru_maxrss: every page it
-touched, mapped files included; tools/child_memory.py keeps this process's out of it). Upstream is `python -m speculators convert` from the gate venv
-(`./just gates`); it converts EAGLE-3 (SafeAILab/SpecForge layouts) and DFlash, not EAGLE-1.
+touched, mapped files included; tools/child_memory.py keeps this process's out of it). Upstream
+is `python -m speculators convert` from the gate venv (`./just gates`); it converts EAGLE-3
+(SafeAILab/SpecForge layouts) and DFlash, not EAGLE-1.
 Also measured: the peak of a child that only imports each converter (the Python + torch floor).
 """
 

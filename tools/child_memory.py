@@ -22,6 +22,8 @@ if pid == 0:
     os.close(report)
     try:
         os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as error:  # one line, as Popen would have raised it
+        os.write(2, b"%s: %s\\n" % (sys.argv[2].encode(), error.strerror.encode()))
     finally:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
